@@ -1,0 +1,91 @@
+"""The solver's view of a model: nodes with costs, tensors with transfer times.
+
+A :class:`CostGraph` knows nothing about ONNX. Node ids are integers in a
+topological order (every tensor's producer has a smaller id than each of its
+consumers); names are kept only to report results and to map a plan back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One value that may cross between devices.
+
+    ``cost`` is the time to move it from one device to another (bytes over the
+    link's bandwidth plus its latency); a receiving device pays it once however
+    many of its nodes read the tensor, and the producing device pays it once
+    however many devices receive it.
+    """
+
+    name: str
+    producer: int
+    consumers: tuple[int, ...]
+    nbytes: int = 0
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class CostGraph:
+    """Nodes in topological order with compute time per device kind.
+
+    ``compute[kind][v]`` is node v's time on a device of that kind; ``math.inf``
+    means v cannot run there. ``memory[v]`` is what v pins on its device
+    (weights). ``groups`` lists co-location groups: node sets that must share
+    a device.
+    """
+
+    names: tuple[str, ...]
+    compute: Mapping[str, tuple[float, ...]]
+    memory: tuple[float, ...]
+    tensors: tuple[Tensor, ...]
+    groups: tuple[tuple[int, ...], ...] = ()
+    ops: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        for kind, times in self.compute.items():
+            if len(times) != n:
+                raise ValueError(f"compute[{kind!r}] has {len(times)} entries for {n} nodes")
+        if len(self.memory) != n:
+            raise ValueError(f"memory has {len(self.memory)} entries for {n} nodes")
+        for t in self.tensors:
+            if not 0 <= t.producer < n:
+                raise ValueError(f"tensor {t.name!r} has producer {t.producer} out of range")
+            for c in t.consumers:
+                if not t.producer < c < n:
+                    raise ValueError(
+                        f"tensor {t.name!r}: consumer {c} does not follow producer {t.producer};"
+                        " node ids must be a topological order"
+                    )
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.compute)
+
+    def edges(self) -> list[tuple[int, int]]:
+        """Distinct (producer, consumer) pairs."""
+        return sorted({(t.producer, c) for t in self.tensors for c in t.consumers})
+
+    def successors(self) -> list[list[int]]:
+        succ: list[set[int]] = [set() for _ in range(self.n)]
+        for u, v in self.edges():
+            succ[u].add(v)
+        return [sorted(s) for s in succ]
+
+    def predecessors(self) -> list[list[int]]:
+        pred: list[set[int]] = [set() for _ in range(self.n)]
+        for u, v in self.edges():
+            pred[v].add(u)
+        return [sorted(s) for s in pred]
+
+    def total_compute(self, kind: str) -> float:
+        return math.fsum(self.compute[kind])

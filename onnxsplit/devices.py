@@ -1,0 +1,71 @@
+"""Devices: kinds of device with a count, memory, speed and execution provider."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from onnxsplit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """A kind of device and how many of it there are.
+
+    ``communicates`` is False for the paper's CPU, which pays no transfer
+    time; every real device here pays it. ``memory`` is in bytes.
+    """
+
+    name: str
+    count: int
+    memory: float = math.inf
+    communicates: bool = True
+    provider: str = "CPUExecutionProvider"
+    provider_options: tuple[tuple[str, str], ...] = ()
+    threads: int = 1
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link between devices; a tensor of b bytes takes b / bandwidth + latency seconds."""
+
+    bandwidth: float = 10e9
+    latency: float = 10e-6
+
+    def seconds(self, nbytes: float) -> float:
+        return nbytes / self.bandwidth + self.latency
+
+
+@dataclass(frozen=True)
+class Devices:
+    kinds: tuple[DeviceKind, ...]
+    link: Link = field(default_factory=Link)
+
+    def __post_init__(self) -> None:
+        if not self.kinds or sum(k.count for k in self.kinds) < 1:
+            raise UsageError("at least one device is needed")
+        names = [k.name for k in self.kinds]
+        if len(set(names)) != len(names):
+            raise UsageError(f"device kinds must have distinct names, got {names}")
+
+    @property
+    def count(self) -> int:
+        return sum(k.count for k in self.kinds)
+
+    def expanded(self) -> tuple[DeviceKind, ...]:
+        """One entry per device, kinds in declaration order."""
+        return tuple(k for k in self.kinds for _ in range(k.count))
+
+    def kind(self, name: str) -> DeviceKind:
+        for k in self.kinds:
+            if k.name == name:
+                return k
+        raise KeyError(name)
+
+
+def identical_devices(count: int, *, memory: float = math.inf, kind: str = "cpu") -> Devices:
+    """``--devices N``: N identical devices of one kind."""
+    if count < 1:
+        raise UsageError(f"--devices must be at least 1, got {count}")
+    return Devices((DeviceKind(kind, count, memory=memory),))

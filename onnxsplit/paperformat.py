@@ -1,0 +1,136 @@
+"""The paper's cost-graph format (see the reference graphs' README).
+
+Nodes carry ``cpuLatency``, ``fpgaLatency``, ``size``, ``supportedOnFpga`` and
+an optional ``colorClass``; edges carry ``cost``, the time to move the source
+node's output. Devices come from the file: ``maxFPGAs`` accelerators of
+``maxSizePerFPGA`` bytes (kind ``acc``) and ``maxCPUs`` CPUs (kind ``cpu``),
+which pay no communication.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from onnxsplit.costgraph import CostGraph, Tensor
+from onnxsplit.devices import DeviceKind, Devices
+from onnxsplit.errors import ModelError
+
+ACC = "acc"
+CPU = "cpu"
+
+
+def _topological(ids: list[int], edges: list[tuple[int, int]], where: str) -> list[int]:
+    """Kahn's algorithm, smallest id first so the order is deterministic."""
+    import heapq
+
+    indeg = {i: 0 for i in ids}
+    succ: dict[int, list[int]] = defaultdict(list)
+    for u, v in edges:
+        succ[u].append(v)
+        indeg[v] += 1
+    ready = [i for i in ids if indeg[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        u = heapq.heappop(ready)
+        order.append(u)
+        for v in succ[u]:
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                heapq.heappush(ready, v)
+    if len(order) != len(ids):
+        stuck = sorted(i for i in ids if indeg[i] > 0)[:5]
+        raise ModelError(f"{where}: the graph has a cycle through nodes {stuck}")
+    return order
+
+
+def paper_devices(doc: dict[str, Any]) -> Devices:
+    return Devices(
+        (
+            DeviceKind(ACC, int(doc.get("maxFPGAs", 0)), memory=float(doc.get("maxSizePerFPGA", math.inf))),
+            DeviceKind(CPU, int(doc.get("maxCPUs", 0)), communicates=False),
+        )
+    )
+
+
+def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph, Devices]:
+    """CostGraph and Devices from a paper-format document.
+
+    Node names are the original ids (as strings), so plans can be reported
+    and expert splits read in the file's own numbering.
+    """
+    try:
+        nodes = {int(n["id"]): n for n in doc["nodes"]}
+        edges = [(int(e["sourceId"]), int(e["destId"]), float(e["cost"])) for e in doc["edges"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: not a paper-format cost graph ({exc})") from None
+    for u, v, _ in edges:
+        if u not in nodes or v not in nodes:
+            raise ModelError(f"{where}: edge {u}->{v} names a node that does not exist")
+    order = _topological(sorted(nodes), [(u, v) for u, v, _ in edges], where)
+    index = {nid: i for i, nid in enumerate(order)}
+    acc, cpu, memory = [], [], []
+    for nid in order:
+        n = nodes[nid]
+        supported = bool(n.get("supportedOnFpga", True))
+        acc.append(float(n["fpgaLatency"]) if supported else math.inf)
+        cpu.append(float(n["cpuLatency"]))
+        memory.append(float(n.get("size", 0.0)))
+    out: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for u, v, c in edges:
+        out[u].append((v, c))
+    tensors = []
+    for u in sorted(out, key=index.__getitem__):
+        consumers = tuple(sorted({index[v] for v, _ in out[u]}))
+        # The format promises one cost per source; the max is the safe reading if a file breaks that.
+        cost = max(c for _, c in out[u])
+        tensors.append(Tensor(name=str(u), producer=index[u], consumers=consumers, cost=cost))
+    classes: dict[Any, list[int]] = defaultdict(list)
+    for nid in order:
+        if nodes[nid].get("colorClass") is not None:
+            classes[nodes[nid]["colorClass"]].append(index[nid])
+    groups = tuple(tuple(g) for _, g in sorted(classes.items(), key=lambda kv: min(kv[1])) if len(g) > 1)
+    graph = CostGraph(
+        names=tuple(str(nid) for nid in order),
+        compute={ACC: tuple(acc), CPU: tuple(cpu)},
+        memory=tuple(memory),
+        tensors=tuple(tensors),
+        groups=groups,
+    )
+    return graph, paper_devices(doc)
+
+
+def load_paper(path: str | Path) -> tuple[CostGraph, Devices]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read cost graph ({exc})") from None
+    return parse_paper(doc, where=str(path))
+
+
+def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], list[str]]:
+    """An expert split file as (node -> device slot, kind of each slot).
+
+    Slots list the file's accelerators first, then its CPUs.
+    """
+    doc = json.loads(Path(path).read_text())
+    index = {name: i for i, name in enumerate(graph.names)}
+    slot_of = [-1] * graph.n
+    kinds: list[str] = []
+    for key, kind in (("fpgas", ACC), ("cpus", CPU)):
+        for dev in doc.get(key, []):
+            slot = len(kinds)
+            kinds.append(kind)
+            for nid in dev.get("nodes", []):
+                if str(nid) not in index:
+                    raise ModelError(f"{path}: node {nid} is not in the graph")
+                slot_of[index[str(nid)]] = slot
+    missing = [graph.names[v] for v in range(graph.n) if slot_of[v] < 0]
+    if missing:
+        raise ModelError(f"{path}: nodes {missing[:5]} are not placed")
+    return slot_of, kinds

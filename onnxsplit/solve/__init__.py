@@ -1,0 +1,1 @@
+"""Placement solvers: each takes a CostGraph and Devices and returns a Plan."""

@@ -1,0 +1,195 @@
+"""Plans, how they are scored, and the plan checker.
+
+A plan puts every node on a stage; stages are numbered in pipeline order and
+each runs on one device (an index into ``Devices.expanded()``). Scoring
+follows the paper's max-load model: a device's load is its compute plus the
+time to receive every tensor it reads from another device (once per tensor)
+plus the time to send every tensor another device reads (once per tensor);
+a device that does not communicate (the paper's CPU) pays neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from onnxsplit.costgraph import CostGraph
+from onnxsplit.devices import Devices
+from onnxsplit.errors import PlanError
+
+
+@dataclass(frozen=True)
+class StageLoad:
+    compute: float
+    receive: float
+    send: float
+    memory: float
+
+    @property
+    def load(self) -> float:
+        return self.compute + self.receive + self.send
+
+
+@dataclass(frozen=True)
+class Plan:
+    """node -> stage, stage -> device, and what the solver knows of its quality.
+
+    ``value`` is the objective (max load for throughput, end-to-end time for
+    latency); ``lower_bound`` is a proven bound on the optimum the solver
+    searched (equal to ``value`` when proven optimal).
+    """
+
+    stage_of: tuple[int, ...]
+    stage_device: tuple[int, ...]
+    value: float
+    lower_bound: float
+    solver: str
+    objective: str = "throughput"
+    loads: tuple[float, ...] = ()
+    contiguous: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_device)
+
+    @property
+    def gap(self) -> float:
+        """Relative gap between the plan's value and the lower bound."""
+        if self.value <= 0 or math.isinf(self.value):
+            return 0.0 if self.value == self.lower_bound else math.inf
+        return max(0.0, (self.value - self.lower_bound) / self.value)
+
+
+def stage_loads(
+    graph: CostGraph, devices: Devices, stage_of: tuple[int, ...] | list[int], stage_device: tuple[int, ...] | list[int]
+) -> list[StageLoad]:
+    """Loads of every stage, recomputed from scratch."""
+    kinds = devices.expanded()
+    nstages = len(stage_device)
+    compute = [0.0] * nstages
+    memory = [0.0] * nstages
+    for v in range(graph.n):
+        s = stage_of[v]
+        kind = kinds[stage_device[s]]
+        compute[s] += graph.compute[kind.name][v]
+        memory[s] += graph.memory[v]
+    receive = [0.0] * nstages
+    send = [0.0] * nstages
+    for t in graph.tensors:
+        src = stage_of[t.producer]
+        dests = {stage_of[c] for c in t.consumers} - {src}
+        if not dests:
+            continue
+        if kinds[stage_device[src]].communicates:
+            send[src] += t.cost
+        for d in dests:
+            if kinds[stage_device[d]].communicates:
+                receive[d] += t.cost
+    return [StageLoad(compute[s], receive[s], send[s], memory[s]) for s in range(nstages)]
+
+
+def max_load(graph: CostGraph, devices: Devices, stage_of, stage_device) -> float:
+    loads = stage_loads(graph, devices, stage_of, stage_device)
+    return max((sl.load for sl in loads), default=0.0)
+
+
+def make_plan(
+    graph: CostGraph,
+    devices: Devices,
+    stage_of,
+    stage_device,
+    *,
+    solver: str,
+    lower_bound: float = 0.0,
+    contiguous: bool = True,
+    notes: tuple[str, ...] = (),
+) -> Plan:
+    """Build a throughput plan, scoring it from scratch.
+
+    Stages that hold no node are dropped and the rest renumbered in order.
+    """
+    used = sorted({stage_of[v] for v in range(graph.n)})
+    renumber = {s: i for i, s in enumerate(used)}
+    stage_of = tuple(renumber[stage_of[v]] for v in range(graph.n))
+    stage_device = tuple(stage_device[s] for s in used)
+    loads = tuple(sl.load for sl in stage_loads(graph, devices, stage_of, stage_device))
+    value = max(loads, default=0.0)
+    return Plan(
+        stage_of=stage_of,
+        stage_device=stage_device,
+        value=value,
+        lower_bound=min(lower_bound, value),
+        solver=solver,
+        loads=loads,
+        contiguous=contiguous,
+        notes=notes,
+    )
+
+
+def stage_order_violations(graph: CostGraph, stage_of) -> list[tuple[int, int]]:
+    """Edges (u, v) whose tensor would flow from a later stage to an earlier one."""
+    return [(u, v) for u, v in graph.edges() if stage_of[u] > stage_of[v]]
+
+
+def is_ideal_chain(graph: CostGraph, stage_of) -> bool:
+    """True when every stage is the difference of two nested ideals, stages in order."""
+    return not stage_order_violations(graph, stage_of)
+
+
+def check_plan(graph: CostGraph, devices: Devices, plan: Plan, *, contiguous: bool | None = None, rel: float = 1e-9) -> None:
+    """Raise PlanError unless the plan is valid and its reported loads are right.
+
+    Checks: every node placed once on an existing stage; each stage on a
+    distinct existing device; nodes only on kinds that can run them; memory;
+    co-location groups; contiguity (when asked, or when the plan claims it);
+    reported loads and value equal to loads recomputed from scratch.
+    """
+    n = graph.n
+    kinds = devices.expanded()
+    if len(plan.stage_of) != n:
+        raise PlanError(f"plan places {len(plan.stage_of)} nodes, graph has {n}")
+    if len(set(plan.stage_device)) != len(plan.stage_device):
+        raise PlanError(f"two stages share a device: {plan.stage_device}")
+    for s, d in enumerate(plan.stage_device):
+        if not 0 <= d < len(kinds):
+            raise PlanError(f"stage {s} is on device {d}, which does not exist")
+    for v, s in enumerate(plan.stage_of):
+        if not 0 <= s < plan.num_stages:
+            raise PlanError(f"node {graph.names[v]!r} is on stage {s}, which does not exist")
+        kind = kinds[plan.stage_device[s]]
+        if math.isinf(graph.compute[kind.name][v]):
+            raise PlanError(f"node {graph.names[v]!r} cannot run on a {kind.name} device")
+    for group in graph.groups:
+        if len({plan.stage_of[v] for v in group}) > 1:
+            raise PlanError(f"co-location group {[graph.names[v] for v in group]} is split")
+    loads = stage_loads(graph, devices, plan.stage_of, plan.stage_device)
+    for s, sl in enumerate(loads):
+        kind = kinds[plan.stage_device[s]]
+        if sl.memory > kind.memory * (1 + rel):
+            raise PlanError(f"stage {s} needs {sl.memory:.0f} bytes, its {kind.name} device has {kind.memory:.0f}")
+    if contiguous or (contiguous is None and plan.contiguous):
+        bad = stage_order_violations(graph, plan.stage_of)
+        if bad:
+            u, v = bad[0]
+            raise PlanError(f"not contiguous: {graph.names[u]!r} (stage {plan.stage_of[u]}) feeds {graph.names[v]!r} (stage {plan.stage_of[v]})")
+    if plan.objective == "throughput":
+        worst = max((sl.load for sl in loads), default=0.0)
+        if not math.isclose(worst, plan.value, rel_tol=rel, abs_tol=1e-12):
+            raise PlanError(f"plan reports max load {plan.value}, recomputed {worst}")
+        if plan.loads and any(not math.isclose(a, b.load, rel_tol=rel, abs_tol=1e-12) for a, b in zip(plan.loads, loads)):
+            raise PlanError("plan's per-stage loads differ from the recomputed ones")
+    if plan.lower_bound > plan.value * (1 + rel) + 1e-12:
+        raise PlanError(f"lower bound {plan.lower_bound} exceeds the value {plan.value}")
+
+
+def simple_lower_bound(graph: CostGraph, devices: Devices) -> float:
+    """A valid bound on the max load: the best-case average, and the largest node.
+
+    Total compute on the fastest kind divided by the number of devices, and
+    the largest single node's time on the kind where it is fastest.
+    """
+    if graph.n == 0:
+        return 0.0
+    best = [min(graph.compute[k.name][v] for k in devices.kinds) for v in range(graph.n)]
+    return max(math.fsum(best) / devices.count, max(best))
