@@ -28,13 +28,16 @@ class DeviceKind:
 
 @dataclass(frozen=True)
 class Link:
-    """A link between devices; a tensor of b bytes takes b / bandwidth + latency seconds."""
+    """A link between devices: ``bandwidth`` in bytes/s, ``latency`` in seconds.
+
+    Cost graphs count time in milliseconds, so :meth:`ms` is what they use.
+    """
 
     bandwidth: float = 10e9
     latency: float = 10e-6
 
-    def seconds(self, nbytes: float) -> float:
-        return nbytes / self.bandwidth + self.latency
+    def ms(self, nbytes: float) -> float:
+        return (nbytes / self.bandwidth + self.latency) * 1e3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,29 @@
+"""Flag parsing shared by commands."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from onnxsplit.devices import Devices, identical_devices
+from onnxsplit.errors import UsageError
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(text: str) -> float:
+    """'512M', '16GiB', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]i?)?[bB]?\s*", text)
+    if not m:
+        raise UsageError(f"{text!r} is not a size in bytes (e.g. 16G, 512MiB)")
+    return float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+
+
+def parse_devices(text: str, *, memory: str | None = None) -> Devices:
+    try:
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"--devices {text!r}: expected a number of devices") from None
+    if count < 1:
+        raise UsageError(f"--devices must be at least 1, got {count}")
+    return identical_devices(count, memory=parse_bytes(memory) if memory else math.inf)

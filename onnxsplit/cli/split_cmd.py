@@ -1,0 +1,58 @@
+"""`onnxsplit split`: cut a model into stage models for N devices."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxsplit.cli.common import parse_devices
+from onnxsplit.shapes import parse_input_shapes
+from onnxsplit.solve.select import SOLVERS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("split", help="split a model into one standalone ONNX model per device")
+    p.add_argument("model", help="the ONNX model to split")
+    p.add_argument("--devices", default="2", help="number of identical devices (default 2)")
+    p.add_argument("--device-memory", default=None, help="memory of each device, e.g. 8G (default: unlimited)")
+    p.add_argument("-o", "--output", required=True, help="folder to write stage_K.onnx, manifest.json, plan.json")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD",
+                   help="fix an input's shape for costs and sizes, e.g. input_ids:1x128 (repeatable)")
+    p.add_argument("--plan", default=None, help="use this plan (node name -> stage) instead of solving")
+    p.add_argument("--solver", default="auto", choices=SOLVERS, help="placement solver")
+    p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit in seconds")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.set_defaults(run=run)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxsplit.split import split
+
+    devices = parse_devices(args.devices, memory=args.device_memory)
+    result = split(args.model, args.output, devices=devices, input_shapes=parse_input_shapes(args.input_shape),
+                   plan_path=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force)
+    console = Console(stderr=False)
+    m, plan = result.manifest, result.plan
+    bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])
+    table = Table(title=f"{args.model} -> {args.output} ({plan.solver} solver)")
+    for col in ("stage", "device", "nodes", "predicted ms", "weights", "in", "out", ""):
+        table.add_column(col, justify="right" if col not in ("", "device") else "left")
+    handoff_bytes = {h["name"]: h["bytes_per_sample"] or 0 for h in m["handoffs"]}
+    for s in m["stages"]:
+        bytes_in = sum(handoff_bytes.get(i["name"], 0) for i in s["inputs"] if i["from"] != "graph")
+        bytes_out = sum(handoff_bytes.get(o["name"], 0) for o in s["outputs"] if o["to"])
+        table.add_row(str(s["index"]), f"{s['device_kind']}:{s['device']}", str(s["nodes"]),
+                      f"{s['predicted']['load_ms']:.4f}", _mb(s["weight_bytes"]), _mb(bytes_in), _mb(bytes_out),
+                      "bottleneck" if s["index"] == bottleneck else "")
+    console.print(table)
+    console.print(f"predicted bottleneck {plan.value:.4f} ms (lower bound {plan.lower_bound:.4f}, gap {plan.gap:.1%}); "
+                  f"split in {result.seconds:.2f} s")
+    for w in result.warnings:
+        console.print(f"[bold yellow]WARNING:[/] {w}")
+    return 0

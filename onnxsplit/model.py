@@ -1,0 +1,279 @@
+"""Load and normalise a model: names, topological order, inferred shapes.
+
+Weights stored as external data stay external: the model is read without
+them and every later step reaches a tensor's bytes through
+:func:`tensor_bytes`, so a model over 2 GB is never held whole in a protobuf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from onnxsplit.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+# Ops that may give a different value on every run must never be duplicated.
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model, normalised so that every node has a unique name and
+    nodes are in topological order.
+
+    ``proto`` holds no external data; ``base_dir`` is where its external data
+    files live. ``value_info`` maps every tensor shape inference could type.
+    """
+
+    proto: onnx.ModelProto
+    path: Path
+    sha256: str
+    value_info: dict[str, onnx.ValueInfoProto] = field(repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def graph(self) -> onnx.GraphProto:
+        return self.proto.graph
+
+    @property
+    def initializer_names(self) -> set[str]:
+        return {t.name for t in self.graph.initializer}
+
+    @property
+    def inputs(self) -> list[onnx.ValueInfoProto]:
+        """Graph inputs that are real inputs (old IR lists initializers too)."""
+        inits = self.initializer_names
+        return [i for i in self.graph.input if i.name not in inits]
+
+    @property
+    def outputs(self) -> list[onnx.ValueInfoProto]:
+        return list(self.graph.output)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a readable ONNX model (truncated or corrupt protobuf: {exc})") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no IR version or no graph nodes)")
+    return proto
+
+
+def is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _check_external_files(proto: onnx.ModelProto, base: Path, path: Path) -> None:
+    for t in proto.graph.initializer:
+        if is_external(t):
+            loc = external_info(t).get("location", "")
+            if not loc or not (base / loc).is_file():
+                raise ModelError(f"{path}: external data file {loc!r} of initializer {t.name!r} is missing")
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from its enclosing scopes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.name for t in graph.sparse_initializer}
+    reads: set[str] = set()
+    for node in graph.node:
+        for name in node_reads(node):
+            if name not in defined:
+                reads.add(name)
+        defined.update(o for o in node.output if o)
+    # An output may name an outer value directly.
+    reads.update(o.name for o in graph.output if o.name not in defined)
+    return reads
+
+
+def node_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs and its subgraphs' outer-scope references, in order."""
+    seen: dict[str, None] = {}
+    for name in node.input:
+        if name:
+            seen.setdefault(name)
+    for g in node_subgraphs(node):
+        for name in sorted(subgraph_reads(g)):
+            seen.setdefault(name)
+    return list(seen)
+
+
+def _name_nodes(graph: onnx.GraphProto) -> int:
+    """Give every node a unique, non-empty name; return how many were renamed."""
+    counts: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        counts[node.name] += 1
+    taken = set(counts)
+    renamed = 0
+    next_id: dict[str, int] = defaultdict(int)
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.name and node.name not in seen and counts[node.name] == 1:
+            seen.add(node.name)
+            continue
+        base = node.name or node.op_type
+        while True:
+            candidate = f"{base}_{next_id[base]}"
+            next_id[base] += 1
+            if candidate not in taken:
+                break
+        node.name = candidate
+        taken.add(candidate)
+        seen.add(candidate)
+        renamed += 1
+    return renamed
+
+
+def _toposort(graph: onnx.GraphProto, where: Path) -> None:
+    """Reorder nodes topologically, keeping the file's order among ready nodes."""
+    nodes = list(graph.node)
+    producer = {}
+    for i, node in enumerate(nodes):
+        for o in node.output:
+            if o:
+                producer[o] = i
+    deps = [sorted({producer[r] for r in node_reads(node) if r in producer and producer[r] != i}) for i, node in enumerate(nodes)]
+    self_loops = [nodes[i].name for i, node in enumerate(nodes) if any(producer.get(r) == i for r in node_reads(node))]
+    if self_loops:
+        raise ModelError(f"{where}: the graph has a cycle: node {self_loops[0]!r} reads its own output")
+    indeg = [len(d) for d in deps]
+    succ: list[list[int]] = [[] for _ in nodes]
+    for i, d in enumerate(deps):
+        for j in d:
+            succ[j].append(i)
+    ready = [i for i in range(len(nodes)) if indeg[i] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name for i in range(len(nodes)) if indeg[i] > 0]
+        raise ModelError(f"{where}: the graph has a cycle through nodes {stuck[:6]}")
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
+
+
+def light_copy(proto: onnx.ModelProto, *, keep_bytes: int = 1 << 16) -> onnx.ModelProto:
+    """A copy whose large initializers are data-less stubs.
+
+    Shape inference needs dims and small constant values (shapes), not
+    weights; the stubs keep memory flat for big models.
+    """
+    copy = onnx.ModelProto()
+    saved = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    try:
+        copy.CopyFrom(proto)
+    finally:
+        proto.graph.initializer.extend(saved)
+    for t in saved:
+        if is_external(t) or len(t.raw_data) <= keep_bytes:
+            copy.graph.initializer.append(t)
+        else:
+            stub = copy.graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value="__stub__")
+    return copy
+
+
+def infer(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Shape-infer a light copy; return name -> ValueInfo for everything typed."""
+    light = light_copy(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception as exc:  # shape inference is best effort: missing shapes are found by running
+        log.warning("shape inference failed (%s); hand-off types will be found by running the model", exc)
+        inferred = light
+    info: dict[str, onnx.ValueInfoProto] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            info[vi.name] = vi
+    for t in proto.graph.initializer:
+        if t.name not in info:
+            info[t.name] = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+    return info
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Read, check and normalise a model. Raises ModelError on bad input."""
+    path = Path(path).resolve()
+    proto = _read_proto(path)
+    _check_external_files(proto, path.parent, path)
+    renamed = _name_nodes(proto.graph)
+    if renamed:
+        log.info("named %d unnamed or duplicate nodes", renamed)
+    _toposort(proto.graph, path)
+    return Model(proto=proto, path=path, sha256=sha256_of(path), value_info=infer(proto))
+
+
+def tensor_array(model: Model, t: onnx.TensorProto) -> np.ndarray:
+    """An initializer's value, reading external data from the model's folder."""
+    if is_external(t):
+        loaded = onnx.TensorProto()
+        loaded.CopyFrom(t)
+        onnx.external_data_helper.load_external_data_for_tensor(loaded, str(model.base_dir))
+        return numpy_helper.to_array(loaded)
+    return numpy_helper.to_array(t)
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of an initializer's data, without loading it."""
+    if is_external(t):
+        length = external_info(t).get("length")
+        if length is not None:
+            return int(length)
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type != onnx.TensorProto.STRING else 0
+    return count * itemsize

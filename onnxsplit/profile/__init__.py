@@ -1,0 +1,1 @@
+"""Node costs: measured with onnxruntime, or estimated from shapes."""

@@ -1,0 +1,102 @@
+"""The linear-order DP (PipeDream-style): contiguous ranges of one topological order.
+
+Exact over splits that cut the node order into consecutive ranges, which is
+a subset of the contiguous splits the ideal DP searches; a fast baseline and
+a fallback for graphs too large for the ideal lattice. Stage k runs on
+device k of ``devices.expanded()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnxsplit.costgraph import CostGraph
+from onnxsplit.devices import Devices
+from onnxsplit.errors import InfeasibleError
+from onnxsplit.solve.plan import Plan, make_plan, simple_lower_bound
+
+
+def _range_loads(graph: CostGraph, i: int, compute_prefix: np.ndarray, mem_prefix: np.ndarray,
+                 prod: np.ndarray, last: np.ndarray, cost: np.ndarray, pair_t: np.ndarray, pair_c: np.ndarray,
+                 communicates: bool, memory: float) -> np.ndarray:
+    """Load of ranges [i, j) for every j in i+1..n, as an array indexed by j (entries < i+1 unused)."""
+    n = graph.n
+    load = compute_prefix - compute_prefix[i]
+    if communicates:
+        # Receive: tensors made before i, first read at or after i, count from their first such reader on.
+        sel = (prod[pair_t] < i) & (pair_c >= i)
+        if sel.any():
+            first = np.full(len(prod), n, dtype=np.int64)
+            np.minimum.at(first, pair_t[sel], pair_c[sel])
+            ok = first < n
+            recv = np.zeros(n + 2)
+            np.add.at(recv, first[ok] + 1, cost[ok])
+            load = load + np.cumsum(recv)[: n + 1]
+        # Send: tensors made in [i, j) that some node at or after j reads.
+        mine = prod >= i
+        if mine.any():
+            send = np.zeros(n + 2)
+            np.add.at(send, prod[mine] + 1, cost[mine])
+            np.add.at(send, last[mine] + 1, -cost[mine])
+            load = load + np.cumsum(send)[: n + 1]
+    mem = mem_prefix - mem_prefix[i]
+    load = np.where(mem > memory, np.inf, load)
+    load[: i + 1] = np.inf
+    return load
+
+
+def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None = None) -> Plan:
+    """Min max-load split of the topological order into at most ``devices.count`` ranges."""
+    if order is not None and list(order) != list(range(graph.n)):
+        raise ValueError("the linear DP uses the graph's own node order")
+    n = graph.n
+    kinds = devices.expanded()
+    ndev = len(kinds)
+    prod = np.array([t.producer for t in graph.tensors], dtype=np.int64)
+    last = np.array([max(t.consumers) for t in graph.tensors], dtype=np.int64)
+    cost = np.array([t.cost for t in graph.tensors], dtype=np.float64)
+    pair_t = np.array([k for k, t in enumerate(graph.tensors) for _ in t.consumers], dtype=np.int64)
+    pair_c = np.array([c for t in graph.tensors for c in t.consumers], dtype=np.int64)
+    mem_prefix = np.concatenate([[0.0], np.cumsum(graph.memory)])
+    prefixes = {k.name: np.concatenate([[0.0], np.cumsum(graph.compute[k.name])]) for k in devices.kinds}
+    # best[k][j]: min max-load of nodes [0, j) on devices 0..k-1, argbest its last cut.
+    best = np.full((ndev + 1, n + 1), np.inf)
+    cut = np.zeros((ndev + 1, n + 1), dtype=np.int64)
+    best[:, 0] = 0.0
+    # A cut inside a co-location group's span would split it.
+    blocked = np.zeros(n + 1, dtype=bool)
+    for group in graph.groups:
+        blocked[min(group) + 1 : max(group) + 1] = True
+    for i in range(n):
+        if blocked[i]:
+            continue
+        finite = [k for k in range(ndev) if math.isfinite(best[k, i])]
+        if not finite:
+            continue
+        cache: dict[str, np.ndarray] = {}
+        for k in finite:
+            kind = kinds[k]
+            key = kind.name
+            if key not in cache:
+                cache[key] = _range_loads(graph, i, prefixes[key], mem_prefix, prod, last, cost, pair_t, pair_c,
+                                          kind.communicates, kind.memory)
+            cand = np.maximum(cache[key], best[k, i])
+            cand[blocked] = np.inf
+            better = cand < best[k + 1]
+            best[k + 1] = np.where(better, cand, best[k + 1])
+            cut[k + 1] = np.where(better, i, cut[k + 1])
+    ks = [k for k in range(1, ndev + 1) if math.isfinite(best[k, n])]
+    if not ks:
+        raise InfeasibleError("no split into consecutive ranges fits the devices (memory or unsupported nodes)")
+    k = min(ks, key=lambda k: (best[k, n], k))
+    stage_of = [0] * n
+    j = n
+    for stage in range(k, 0, -1):
+        i = int(cut[stage, j])
+        for v in range(i, j):
+            stage_of[v] = stage - 1
+        j = i
+    return make_plan(graph, devices, stage_of, list(range(k)), solver="linear",
+                     lower_bound=simple_lower_bound(graph, devices))

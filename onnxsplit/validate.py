@@ -1,0 +1,148 @@
+"""Run the original and the chained stages on the same inputs and compare.
+
+For every output: max abs and max rel error and the smallest tolerance that
+would have passed. With hand-off checking, every tensor passed between
+stages is compared with the same tensor inside the original, and the first
+stage whose outputs diverge is named.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxsplit.errors import UsageError
+from onnxsplit.manifest import load_manifest, source_model_path, stage_paths
+from onnxsplit.model import load_model
+from onnxsplit.ortutil import load_feeds, make_session, random_feeds, run_with_outputs
+
+# fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that
+# stops onnxruntime fusing two kernels changes rounding at that level.
+LOW_PRECISION = {"float16": (1e-2, 1e-3), "bfloat16": (5e-2, 1e-2)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    dtype: str
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    needed_atol: float  # smallest atol that passes at this rtol
+    needed_rtol: float  # smallest rtol that passes at this atol
+    passed: bool
+    stage: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Report:
+    outputs: tuple[Comparison, ...]
+    handoffs: tuple[Comparison, ...] = ()
+    first_bad_stage: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.outputs) and all(c.passed for c in self.handoffs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "outputs": [c.as_dict() for c in self.outputs],
+                "handoffs": [c.as_dict() for c in self.handoffs], "first_bad_stage": self.first_bad_stage,
+                "notes": list(self.notes)}
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: float, stage: int | None = None) -> Comparison:
+    dtype = str(want.dtype)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return Comparison(name, dtype, math.inf, math.inf, rtol, atol, math.inf, math.inf, False, stage)
+    if not np.issubdtype(want.dtype, np.number) and want.dtype != bool:
+        ok = bool(np.array_equal(got, want))
+        return Comparison(name, dtype, 0.0 if ok else math.inf, 0.0 if ok else math.inf, rtol, atol,
+                          0.0 if ok else math.inf, 0.0 if ok else math.inf, ok, stage)
+    g = got.astype(np.float64)
+    w = want.astype(np.float64)
+    same_nan = np.isnan(g) & np.isnan(w)
+    same_inf = np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))
+    exact = same_nan | same_inf | (g == w)
+    diff = np.where(exact, 0.0, np.abs(g - w))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    mag = np.abs(np.where(np.isfinite(w), w, 0.0))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / mag)
+        need_rtol = np.where(diff <= atol, 0.0, (diff - atol) / mag)
+    max_rel = float(rel.max()) if rel.size else 0.0
+    needed_atol = float(np.maximum(diff - rtol * mag, 0).max()) if diff.size else 0.0
+    needed_rtol = float(need_rtol.max()) if need_rtol.size else 0.0
+    passed = bool(np.all(diff <= atol + rtol * mag))
+    return Comparison(name, dtype, max_abs, max_rel, rtol, atol, needed_atol, needed_rtol, passed, stage)
+
+
+def run_stages(outdir: Path, manifest: dict[str, Any], feeds: dict[str, np.ndarray], *, threads: int = 1) -> dict[str, np.ndarray]:
+    """Chain the stages by the manifest: every stage reads graph inputs or earlier stages' outputs."""
+    env = dict(feeds)
+    for stage, path in zip(manifest["stages"], stage_paths(outdir, manifest)):
+        session = make_session(path, provider=stage["provider"], provider_options=stage["provider_options"], threads=threads)
+        names = [o["name"] for o in stage["outputs"]]
+        values = session.run(names, {i["name"]: env[i["name"]] for i in stage["inputs"]})
+        env.update(zip(names, values))
+    return env
+
+
+def _tolerance(dtype: str, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    default = LOW_PRECISION.get(dtype, (1e-4, 1e-5))
+    return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
+
+
+def validate(
+    outdir: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    inputs_path: str | os.PathLike | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    check_handoffs: bool = False,
+    seed: int = 0,
+) -> Report:
+    """Compare the chained stages of a split folder with the original model.
+
+    Tolerances left unset are 1e-4 / 1e-5 (relative / absolute), and 1e-2 /
+    1e-3 for float16 outputs.
+    """
+    outdir = Path(outdir)
+    manifest = load_manifest(outdir)
+    path = Path(model_path) if model_path is not None else source_model_path(outdir, manifest)
+    if not path.exists():
+        raise UsageError(f"original model {path} not found (pass --model if it moved)")
+    model = load_model(path)
+    notes = []
+    if model.sha256 != manifest["source"]["sha256"]:
+        raise UsageError(f"{path} is not the model this folder was split from (sha256 differs)")
+    names = [i["name"] for i in manifest["inputs"]]
+    if inputs_path is not None:
+        feeds = load_feeds(inputs_path, names)
+    else:
+        specs = [(i["name"], i["dtype"], tuple(manifest["input_shapes"][i["name"]])) for i in manifest["inputs"]]
+        feeds = random_feeds(specs, seed=seed)
+    handoff_names = [h["name"] for h in manifest["handoffs"]] if check_handoffs else []
+    want = run_with_outputs(model, handoff_names, feeds)
+    got = run_stages(outdir, manifest, feeds)
+    outputs = []
+    for o in manifest["outputs"]:
+        r, a = _tolerance(str(want[o["name"]].dtype), rtol, atol)
+        outputs.append(compare(o["name"], got[o["name"]], want[o["name"]], rtol=r, atol=a, stage=o["stage"]))
+    handoffs = []
+    for h in manifest["handoffs"] if check_handoffs else []:
+        r, a = _tolerance(str(want[h["name"]].dtype), rtol, atol)
+        handoffs.append(compare(h["name"], got[h["name"]], want[h["name"]], rtol=r, atol=a, stage=h["producer"]))
+    bad = sorted(c.stage for c in list(handoffs) + outputs if not c.passed and c.stage is not None)
+    return Report(tuple(outputs), tuple(handoffs), bad[0] if bad else None, tuple(notes))
