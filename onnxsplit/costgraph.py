@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class CostGraph:
     tensors: tuple[Tensor, ...]
     groups: tuple[tuple[int, ...], ...] = ()
     ops: tuple[str, ...] = field(default=())
+    # Per-node fields the solver ignores but a file format must keep (the paper's raw figures).
+    attrs: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.names)

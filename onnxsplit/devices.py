@@ -24,6 +24,8 @@ class DeviceKind:
     provider_options: tuple[tuple[str, str], ...] = ()
     threads: int = 1
     speed: float = 1.0
+    device_ids: tuple[int, ...] = ()
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Link:
 class Devices:
     kinds: tuple[DeviceKind, ...]
     link: Link = field(default_factory=Link)
+    # Links that differ from the default, keyed by (lower, higher) device index.
+    pairs: tuple[tuple[tuple[int, int], Link], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.kinds or sum(k.count for k in self.kinds) < 1:
@@ -59,6 +63,21 @@ class Devices:
     def expanded(self) -> tuple[DeviceKind, ...]:
         """One entry per device, kinds in declaration order."""
         return tuple(k for k in self.kinds for _ in range(k.count))
+
+    def link_between(self, a: int, b: int) -> Link:
+        for pair, link in self.pairs:
+            if pair == (min(a, b), max(a, b)):
+                return link
+        return self.link
+
+    def provider_options(self, device: int) -> dict[str, str]:
+        """The onnxruntime provider options of one device, its device_id included."""
+        kind = self.expanded()[device]
+        options = dict(kind.provider_options)
+        if kind.device_ids:
+            first = sum(k.count for k in self.kinds[: self.kinds.index(kind)])
+            options["device_id"] = str(kind.device_ids[device - first])
+        return options
 
     def kind(self, name: str) -> DeviceKind:
         for k in self.kinds:

@@ -80,6 +80,7 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
         acc.append(float(n["fpgaLatency"]) if supported else math.inf)
         cpu.append(float(n["cpuLatency"]))
         memory.append(float(n.get("size", 0.0)))
+    edge_sizes = any("size" in e for e in doc["edges"])
     out: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for u, v, c in edges:
         out[u].append((v, c))
@@ -88,7 +89,8 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
         consumers = tuple(sorted({index[v] for v, _ in out[u]}))
         # The format promises one cost per source; the max is the safe reading if a file breaks that.
         cost = max(c for _, c in out[u])
-        tensors.append(Tensor(name=str(u), producer=index[u], consumers=consumers, cost=cost))
+        nbytes = max(float(e.get("size", 0)) for e in doc["edges"] if int(e["sourceId"]) == u) if edge_sizes else 0
+        tensors.append(Tensor(name=str(u), producer=index[u], consumers=consumers, cost=cost, nbytes=nbytes))
     classes: dict[Any, list[int]] = defaultdict(list)
     for nid in order:
         if nodes[nid].get("colorClass") is not None:
@@ -100,6 +102,7 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
         memory=tuple(memory),
         tensors=tuple(tensors),
         groups=groups,
+        attrs=tuple(dict(nodes[nid]) for nid in order),
     )
     return graph, paper_devices(doc)
 
@@ -134,3 +137,38 @@ def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], li
     if missing:
         raise ModelError(f"{path}: nodes {missing[:5]} are not placed")
     return slot_of, kinds
+
+
+def to_paper(graph: CostGraph, devices: Devices) -> dict[str, Any]:
+    """The paper's format. Nodes keep the fields they were read with; others are derived.
+
+    Devices that communicate are written as accelerators (the first such
+    kind), devices that do not as CPUs.
+    """
+    talking = [k for k in devices.kinds if k.communicates]
+    quiet = [k for k in devices.kinds if not k.communicates]
+    acc_kind = talking[0].name if talking else graph.kinds[0]
+    cpu_kind = quiet[0].name if quiet else acc_kind
+    nodes = []
+    for v in range(graph.n):
+        attrs = dict(graph.attrs[v]) if graph.attrs else {}
+        fpga = graph.compute[acc_kind][v]
+        node = {
+            "name": attrs.get("name", graph.names[v]),
+            "id": attrs.get("id", v),
+            "supportedOnFpga": attrs.get("supportedOnFpga", math.isfinite(fpga)),
+            "cpuLatency": attrs.get("cpuLatency", graph.compute[cpu_kind][v]),
+            "fpgaLatency": attrs.get("fpgaLatency", fpga if math.isfinite(fpga) else 0.0),
+            "isBackwardNode": attrs.get("isBackwardNode", False),
+            "size": attrs.get("size", graph.memory[v]),
+        }
+        for key, value in attrs.items():
+            node.setdefault(key, value)
+        nodes.append(node)
+    ids = [n["id"] for n in nodes]
+    edges = [{"sourceId": ids[t.producer], "destId": ids[c], "cost": t.cost, "size": t.nbytes}
+             for t in graph.tensors for c in t.consumers]
+    acc = next((k for k in devices.kinds if k.name == acc_kind), devices.kinds[0])
+    cpus = sum(k.count for k in quiet)
+    return {"maxSizePerFPGA": acc.memory if math.isfinite(acc.memory) else 1e300, "maxFPGAs": acc.count,
+            "maxCPUs": cpus, "nodes": nodes, "edges": edges}

@@ -79,6 +79,34 @@ def _full_stage_of(info: GraphInfo, cut: Cut) -> tuple[int, ...]:
     return tuple(max(s, 0) for s in stage_of)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A model with everything the solver and the rewrite need: shapes, dataflow, costs."""
+
+    model: Model
+    info: GraphInfo
+    types: dict[str, TensorType]
+    shapes: dict[str, tuple[int, ...]]
+    graph: CostGraph
+
+
+def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]]) -> Prepared:
+    """Load, normalise and cost a model for the given devices."""
+    model = load_model(model_path)
+    shapes = resolve_input_shapes(model, input_shapes)
+    types = concrete_types(model, shapes)
+    info = graph_info(model)
+    times = estimate_times(model, info, types)
+    # Tensors whose size we cannot tell are measured before they are costed.
+    unknown = [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
+               and (t not in types or types[t].nbytes is None)]
+    if unknown:
+        log.info("running the model once to size %d tensors shape inference could not", len(unknown))
+        types = {**types, **_probe(model, unknown, shapes)}
+    graph = build_costgraph(model, info, devices, times, types)
+    return Prepared(model, info, types, shapes, graph)
+
+
 def split(
     model_path: str | os.PathLike,
     outdir: str | os.PathLike,
@@ -97,19 +125,8 @@ def split(
         raise UsageError(f"{outdir} already exists (use --force to replace it)")
     if isinstance(devices, int):
         devices = identical_devices(devices)
-    model = load_model(model_path)
-    shapes = resolve_input_shapes(model, input_shapes or {})
-    types = concrete_types(model, shapes)
-    info = graph_info(model)
-    times = estimate_times(model, info, types)
-
-    # Tensors whose size we cannot tell are measured before they are costed.
-    unknown = [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
-               and (t not in types or types[t].nbytes is None)]
-    if unknown:
-        log.info("running the model once to size %d tensors shape inference could not", len(unknown))
-        types = {**types, **_probe(model, unknown, shapes)}
-    graph = build_costgraph(model, info, devices, times, types)
+    prepared = prepare(model_path, devices, input_shapes=input_shapes or {})
+    model, info, types, shapes, graph = prepared.model, prepared.info, prepared.types, prepared.shapes, prepared.graph
 
     warnings: list[str] = []
     if plan_path is not None:
@@ -188,7 +205,7 @@ def _write(model, info, cut, plan, devices, loads, types, shapes, probed_vi, tmp
             "device": plan.stage_device[spec.index],
             "device_kind": device.name,
             "provider": device.provider,
-            "provider_options": dict(device.provider_options),
+            "provider_options": devices.provider_options(plan.stage_device[spec.index]),
             "threads": device.threads,
             "nodes": len(spec.own),
             "copied_const_nodes": len(spec.nodes) - len(spec.own),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
+from onnxsplit.devicefile import load_devices
 from onnxsplit.devices import Devices, identical_devices
 from onnxsplit.errors import UsageError
 
@@ -20,10 +22,15 @@ def parse_bytes(text: str) -> float:
 
 
 def parse_devices(text: str, *, memory: str | None = None) -> Devices:
+    """``--devices N`` (N identical devices) or ``--devices devices.toml``."""
     try:
         count = int(text)
     except ValueError:
-        raise UsageError(f"--devices {text!r}: expected a number of devices") from None
+        if text.endswith(".toml") or Path(text).is_file():
+            if memory:
+                raise UsageError("--device-memory applies to --devices N; set memory in the devices file") from None
+            return load_devices(text)
+        raise UsageError(f"--devices {text!r}: expected a number of devices or a devices.toml file") from None
     if count < 1:
         raise UsageError(f"--devices must be at least 1, got {count}")
     return identical_devices(count, memory=parse_bytes(memory) if memory else math.inf)

@@ -1,0 +1,200 @@
+"""devices.toml: a heterogeneous set of devices and the links between them.
+
+    [link]                      # default link between any two devices
+    bandwidth = "16GB/s"        # bytes per second: a number or a string with a unit
+    latency = "10us"            # seconds: a number or a string with a unit
+
+    [[kind]]
+    name = "gpu"
+    count = 4
+    memory = "80GB"             # bytes
+    provider = "cuda"           # cpu, cuda, or an onnxruntime provider name
+    device_ids = [0, 1, 2, 3]   # sets each device's device_id provider option
+    threads = 1
+    speed = 1.0                 # relative to the profile; or profile = "gpu.json"
+
+    [[pair]]                    # a link that differs from the default
+    devices = [0, 1]
+    bandwidth = "300GB/s"
+    latency = "2us"
+
+Every error names the line and the key at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from onnxsplit.devices import DeviceKind, Devices, Link
+from onnxsplit.errors import DeviceSpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+             "rocm": "ROCMExecutionProvider", "dml": "DmlExecutionProvider"}
+_SIZE = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+KIND_KEYS = {"name", "count", "memory", "provider", "provider_options", "device_ids", "threads", "speed", "profile"}
+
+
+def provider_name(text: str) -> str:
+    return PROVIDERS.get(text.lower(), text)
+
+
+class _Where:
+    """Finds the line of a key inside the n-th table of a section, for error messages."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line(self, section: str, index: int, key: str | None) -> int:
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(section)}\s*\]\]?\s*(#.*)?$")
+        seen = -1
+        for i, line in enumerate(self.lines):
+            if header.match(line):
+                seen += 1
+                if seen == index:
+                    if key is None:
+                        return i + 1
+                    for j in range(i + 1, len(self.lines)):
+                        if self.lines[j].lstrip().startswith("["):
+                            break
+                        if re.match(rf"^\s*{re.escape(key)}\s*=", self.lines[j]):
+                            return j + 1
+                    return i + 1
+        return 1
+
+    def fail(self, section: str, index: int, key: str | None, message: str) -> DeviceSpecError:
+        where = f"{self.path}:{self.line(section, index, key)}"
+        return DeviceSpecError(f"{where}: {section}{'' if section == 'link' else f' #{index + 1}'}"
+                               f"{f' key {key!r}' if key else ''}: {message}")
+
+
+def _quantity(value: Any, units: dict[str, float], what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected {what}, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)(?:/s)?\s*", value)
+        if m and m.group(2).lower() in units:
+            return float(m.group(1)) * units[m.group(2).lower()]
+    raise ValueError(f"expected {what}, got {value!r}")
+
+
+def _link(table: dict[str, Any], where: _Where, section: str, index: int, default: Link) -> Link:
+    bandwidth, latency = default.bandwidth, default.latency
+    for key, value in table.items():
+        try:
+            if key == "bandwidth":
+                bandwidth = _quantity(value, _SIZE, "a bandwidth like '16GB/s'")
+                if bandwidth <= 0:
+                    raise ValueError("bandwidth must be positive")
+            elif key == "latency":
+                latency = _quantity(value, _TIME, "a time like '10us'")
+                if latency < 0:
+                    raise ValueError("latency must not be negative")
+            elif key != "devices":
+                raise ValueError("unknown key")
+        except ValueError as exc:
+            raise where.fail(section, index, key, str(exc)) from None
+    return Link(bandwidth, latency)
+
+
+def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> DeviceKind:
+    def fail(key: str | None, message: str) -> DeviceSpecError:
+        return where.fail("kind", index, key, message)
+
+    unknown = sorted(set(table) - KIND_KEYS)
+    if unknown:
+        return_error = fail(unknown[0], f"unknown key (known: {', '.join(sorted(KIND_KEYS))})")
+        raise return_error
+    for key in ("name", "count"):
+        if key not in table:
+            raise fail(None, f"missing key {key!r}")
+    name = table["name"]
+    if not isinstance(name, str) or not name:
+        raise fail("name", "must be a non-empty string")
+    count = table["count"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise fail("count", f"must be a positive integer, got {count!r}")
+    memory = math.inf
+    if "memory" in table:
+        try:
+            memory = _quantity(table["memory"], _SIZE, "a size like '16GB'")
+        except ValueError as exc:
+            raise fail("memory", str(exc)) from None
+        if memory <= 0:
+            raise fail("memory", f"must be positive, got {table['memory']!r}")
+    threads = table.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise fail("threads", f"must be a positive integer, got {threads!r}")
+    speed = table.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed <= 0:
+        raise fail("speed", f"must be a positive number, got {speed!r}")
+    options = table.get("provider_options", {})
+    if not isinstance(options, dict):
+        raise fail("provider_options", "must be a table of key = value")
+    device_ids = table.get("device_ids", [])
+    if not isinstance(device_ids, list) or not all(isinstance(d, int) and d >= 0 for d in device_ids):
+        raise fail("device_ids", "must be a list of non-negative integers")
+    if device_ids and len(device_ids) != count:
+        raise fail("device_ids", f"lists {len(device_ids)} ids for {count} devices")
+    profile = table.get("profile")
+    if profile is not None:
+        if not isinstance(profile, str):
+            raise fail("profile", "must be a file path")
+        if not (base / profile).is_file():
+            raise fail("profile", f"file {profile!r} not found")
+        profile = str((base / profile).resolve())
+    provider = table.get("provider", "cpu")
+    if not isinstance(provider, str) or not provider:
+        raise fail("provider", "must be a provider name such as 'cpu' or 'cuda'")
+    return DeviceKind(
+        name=name, count=count, memory=memory, provider=provider_name(provider),
+        provider_options=tuple(sorted((str(k), str(v)) for k, v in options.items())),
+        threads=threads, speed=float(speed), device_ids=tuple(device_ids), profile=profile,
+    )
+
+
+def load_devices(path: str | Path) -> Devices:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DeviceSpecError(f"{path}: cannot read devices file ({exc.strerror})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceSpecError(f"{path}: not valid TOML ({exc})") from None
+    where = _Where(path, text)
+    unknown = sorted(set(doc) - {"link", "kind", "pair"})
+    if unknown:
+        raise DeviceSpecError(f"{path}:{where.line(unknown[0], 0, None)}: unknown section {unknown[0]!r} (expected link, kind, pair)")
+    kinds_doc = doc.get("kind")
+    if not isinstance(kinds_doc, list) or not kinds_doc:
+        raise DeviceSpecError(f"{path}:1: no [[kind]] table: a devices file needs at least one device kind")
+    default = _link(doc.get("link", {}), where, "link", 0, Link())
+    kinds = tuple(_kind(k, where, i, path.parent) for i, k in enumerate(kinds_doc))
+    seen: set[str] = set()
+    for i, k in enumerate(kinds):
+        if k.name in seen:
+            raise where.fail("kind", i, "name", f"kind {k.name!r} is declared twice")
+        seen.add(k.name)
+    total = sum(k.count for k in kinds)
+    pairs = []
+    for i, p in enumerate(doc.get("pair", [])):
+        devs = p.get("devices")
+        if not (isinstance(devs, list) and len(devs) == 2 and all(isinstance(d, int) and 0 <= d < total for d in devs)
+                and devs[0] != devs[1]):
+            raise where.fail("pair", i, "devices", f"must name two different devices among 0..{total - 1}")
+        pairs.append(((min(devs), max(devs)), _link(p, where, "pair", i, default)))
+    return Devices(kinds, link=default, pairs=tuple(pairs))
