@@ -24,6 +24,42 @@ def weight_bytes(model: Model, info: GraphInfo) -> list[float]:
     return out
 
 
+def output_bytes(info: GraphInfo, types: dict[str, TensorType]) -> list[float]:
+    """Bytes of the tensors each node writes, at the given input shapes (0 where unknown)."""
+    out = []
+    for writes in info.writes:
+        out.append(float(sum((types[o].nbytes or 0) if o in types else 0 for o in writes)))
+    return out
+
+
+def activation_peak(info: GraphInfo, types: dict[str, TensorType], nodes: tuple[int, ...],
+                    inputs: tuple[str, ...], outputs: tuple[str, ...]) -> int:
+    """Peak bytes of live tensors while a stage runs its nodes in order.
+
+    A tensor is live from when it arrives (stage inputs) or is written until
+    its last reader in the stage has run; stage outputs stay live to the end.
+    """
+    size = {name: (types[name].nbytes or 0) if name in types else 0 for name in list(inputs) + [o for v in nodes for o in info.writes[v]]}
+    last_read: dict[str, int] = {}
+    for step, v in enumerate(nodes):
+        for r in info.reads[v]:
+            last_read[r] = step
+    keep = set(outputs)
+    live = {name for name in inputs}
+    current = sum(size[n] for n in live)
+    peak = current
+    for step, v in enumerate(nodes):
+        for o in info.writes[v]:
+            if o not in live:
+                live.add(o)
+                current += size[o]
+        peak = max(peak, current)
+        for name in [n for n in live if n not in keep and last_read.get(n, -1) <= step]:
+            live.discard(name)
+            current -= size[name]
+    return peak
+
+
 def build_costgraph(
     model: Model,
     info: GraphInfo,
@@ -35,7 +71,10 @@ def build_costgraph(
 
     Tensors made by const nodes cost nothing to hand over: the rewrite copies
     their producers instead. A kind's compute is the profiled time divided by
-    its speed factor.
+    its speed factor. A node's memory is its weights plus the tensors it
+    writes: additive, so the solvers can sum it, and never below a stage's
+    real working set except for the tensors the stage receives, which the
+    split checks afterwards with :func:`activation_peak`.
     """
     tensors = []
     for name, producer in info.producer.items():
@@ -51,7 +90,7 @@ def build_costgraph(
     return CostGraph(
         names=info.names,
         compute=compute,
-        memory=tuple(weight_bytes(model, info)),
+        memory=tuple(w + a for w, a in zip(weight_bytes(model, info), output_bytes(info, types))),
         tensors=tuple(tensors),
         ops=tuple(n.op_type for n in model.graph.node),
     )

@@ -15,9 +15,9 @@ from typing import Any
 import onnx
 
 from onnxsplit.costgraph import CostGraph
-from onnxsplit.costmodel import build_costgraph
+from onnxsplit.costmodel import activation_peak, build_costgraph
 from onnxsplit.devices import Devices, identical_devices
-from onnxsplit.errors import PlanError, UsageError
+from onnxsplit.errors import InfeasibleError, PlanError, UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.manifest import FORMAT, VERSION, write_json_atomic
 from onnxsplit.model import Model, load_model, tensor_nbytes
@@ -193,10 +193,15 @@ def _write(model, info, cut, plan, devices, loads, types, shapes, probed_vi, tmp
     init_sizes = {t.name: tensor_nbytes(t) for t in model.graph.initializer}
     stages = []
     for spec in cut.stages:
+        weights = sum(init_sizes[n] for n in spec.initializers)
+        activations = activation_peak(info, types, spec.nodes, spec.inputs, spec.outputs)
+        device = kinds[plan.stage_device[spec.index]]
+        if weights + activations > device.memory:
+            raise InfeasibleError(f"stage {spec.index} needs {weights + activations:.0f} bytes (weights {weights}, "
+                                  f"activations {activations}) but its {device.name} device has {device.memory:.0f}")
         filename = f"stage_{spec.index}.onnx"
         proto = stage_proto(model, info, spec, len(cut.stages), probed_vi)
         data = write_stage(model, proto, tmp / filename)
-        device = kinds[plan.stage_device[spec.index]]
         sl = loads[spec.index]
         stages.append({
             "index": spec.index,
@@ -213,7 +218,8 @@ def _write(model, info, cut, plan, devices, loads, types, shapes, probed_vi, tmp
             "outputs": [{**tensor_doc(n), "to": list(cut.consumers.get(n, ())),
                          "graph_output": cut.output_stage.get(n) == spec.index} for n in spec.outputs],
             "predicted": {"compute_ms": sl.compute, "receive_ms": sl.receive, "send_ms": sl.send, "load_ms": sl.load},
-            "weight_bytes": sum(init_sizes[n] for n in spec.initializers),
+            "weight_bytes": weights,
+            "activation_peak_bytes": activations,
         })
     handoffs = []
     for spec in cut.stages:
