@@ -64,14 +64,14 @@ def build_costgraph(
     model: Model,
     info: GraphInfo,
     devices: Devices,
-    times_ms: list[float],
+    times_ms: dict[str, list[float]],
     types: dict[str, TensorType],
 ) -> CostGraph:
     """The solver's view of the model.
 
     Tensors made by const nodes cost nothing to hand over: the rewrite copies
     their producers instead. A kind's compute is the profiled time divided by
-    its speed factor. A node's memory is its weights plus the tensors it
+    its speed factor (already applied in ``times_ms``). A node's memory is its weights plus the tensors it
     writes: additive, so the solvers can sum it, and never below a stage's
     real working set except for the tensors the stage receives, which the
     split checks afterwards with :func:`activation_peak`.
@@ -86,7 +86,7 @@ def build_costgraph(
         cost = 0.0 if producer in info.const else devices.link.ms(nbytes)
         tensors.append(Tensor(name=name, producer=producer, consumers=consumers, nbytes=nbytes, cost=cost))
     tensors.sort(key=lambda t: (t.producer, t.name))
-    compute = {k.name: tuple(t / k.speed for t in times_ms) for k in devices.kinds}
+    compute = {k.name: tuple(times_ms[k.name]) for k in devices.kinds}
     return CostGraph(
         names=info.names,
         compute=compute,

@@ -90,19 +90,73 @@ class Prepared:
     graph: CostGraph
 
 
-def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]]) -> Prepared:
-    """Load, normalise and cost a model for the given devices."""
+COSTS = ("measure", "estimate")
+
+
+def _node_times(model: Model, info: GraphInfo, types: dict[str, TensorType], devices: Devices, *, costs: str,
+                profile_path: str | os.PathLike | None, shapes: dict[str, tuple[int, ...]], runs: int,
+                warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per node for every device kind.
+
+    A kind with its own profile file uses it; the others share one profile
+    (``profile_path``, or measured on the first kind's provider and threads,
+    cached), divided by their speed factor. ``costs='estimate'`` uses the
+    analytic estimate instead of measuring.
+    """
+    from onnxsplit.profile.store import cached_profile, check_profile, load_profile
+
+    estimate = estimate_times(model, info, types)
+    if costs not in COSTS:
+        raise UsageError(f"--costs {costs!r}: choose measure or estimate")
+
+    def times_of(profile) -> list[float]:
+        by_name = {n.name: n.time_ms for n in profile.nodes}
+        return [by_name.get(name, est) for name, est in zip(info.names, estimate)]
+
+    shared: list[float] | None = None
+    out: dict[str, list[float]] = {}
+    for kind in devices.kinds:
+        if kind.profile is not None:
+            profile = load_profile(kind.profile)
+            check_profile(profile, model, shapes, profile.provider, profile.threads)
+            out[kind.name] = times_of(profile)
+            continue
+        if shared is None:
+            if profile_path is not None:
+                profile = load_profile(profile_path)
+                check_profile(profile, model, shapes, profile.provider, profile.threads)
+                shared = times_of(profile)
+            elif costs == "measure":
+                first = devices.kinds[0]
+                shared = times_of(cached_profile(model, input_shapes=shapes, provider=first.provider,
+                                                 provider_options=dict(first.provider_options), threads=first.threads,
+                                                 runs=runs, warmup=warmup))
+            else:
+                shared = estimate
+        out[kind.name] = [t / kind.speed for t in shared]
+    return out
+
+
+def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]],
+            costs: str = "estimate", profile_path: str | os.PathLike | None = None, runs: int = 20,
+            warmup: int = 5) -> Prepared:
+    """Load, normalise and cost a model for the given devices.
+
+    costs: 'measure' profiles the model with onnxruntime (cached), 'estimate'
+    uses FLOPs and bytes; a profile file overrides both.
+    """
     model = load_model(model_path)
     shapes = resolve_input_shapes(model, input_shapes)
     types = concrete_types(model, shapes)
     info = graph_info(model)
-    times = estimate_times(model, info, types)
     # Tensors whose size we cannot tell are measured before they are costed.
     unknown = [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
                and (t not in types or types[t].nbytes is None)]
     if unknown:
         log.info("running the model once to size %d tensors shape inference could not", len(unknown))
         types = {**types, **_probe(model, unknown, shapes)}
+    times = _node_times(model, info, types, devices, costs=costs, profile_path=profile_path, shapes=shapes,
+                        runs=runs, warmup=warmup)
     graph = build_costgraph(model, info, devices, times, types)
     return Prepared(model, info, types, shapes, graph)
 
@@ -117,6 +171,8 @@ def split(
     solver: str = "auto",
     time_limit: float = 60.0,
     force: bool = False,
+    costs: str = "measure",
+    profile_path: str | os.PathLike | None = None,
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``."""
     start = time.perf_counter()
@@ -125,7 +181,7 @@ def split(
         raise UsageError(f"{outdir} already exists (use --force to replace it)")
     if isinstance(devices, int):
         devices = identical_devices(devices)
-    prepared = prepare(model_path, devices, input_shapes=input_shapes or {})
+    prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path)
     model, info, types, shapes, graph = prepared.model, prepared.info, prepared.types, prepared.shapes, prepared.graph
 
     warnings: list[str] = []

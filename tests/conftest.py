@@ -15,6 +15,18 @@ REFERENCE = ROOT.parent / "shared" / "reference-graphs"
 sys.path.insert(0, str(ROOT / "tools"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _profile_cache(tmp_path_factory):
+    """Profiles measured by the tests are cached for the run only, never in the user's home."""
+    old = os.environ.get("ONNXSPLIT_CACHE")
+    os.environ["ONNXSPLIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("ONNXSPLIT_CACHE", None)
+    else:
+        os.environ["ONNXSPLIT_CACHE"] = old
+
+
 @pytest.fixture
 def light():
     return LIGHT

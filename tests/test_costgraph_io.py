@@ -41,7 +41,7 @@ def test_costgraph_command_writes_a_graph_the_solver_reads(tmp_path, fmt):
 
     out = tmp_path / "g.json"
     assert main(["costgraph", str(MODELS / "branchy_cnn.onnx"), "--devices", "3", "--input-shape", "image:8x3x32x32",
-                 "--format", fmt, "-o", str(out)]) == 0
+                 "--costs", "estimate", "--format", fmt, "-o", str(out)]) == 0
     graph, devices = load_costgraph(out, fmt=fmt)
     direct = prepare(MODELS / "branchy_cnn.onnx", parse_devices("3"), input_shapes={"image": (8, 3, 32, 32)}).graph
     assert graph.n == direct.n and devices.count == 3

@@ -25,7 +25,9 @@ def _load_stage(outdir, k):
 
 def test_constants_are_copied_not_handed_off(tmp_path):
     src = save(chain(6), tmp_path / "chain.onnx")
-    result, report = split_and_check(src, tmp_path / "out", 3)
+    names = [n.name for n in chain(6).graph.node if n.op_type != "Constant"]
+    mapping = {n: i * 3 // len(names) for i, n in enumerate(names)}
+    result, report = split_and_check(src, tmp_path / "out", 3, plan_path=_plan(tmp_path / "p.json", mapping))
     assert report.passed
     assert len(result.manifest["stages"]) == 3
     handed = {h["name"] for h in result.manifest["handoffs"]}

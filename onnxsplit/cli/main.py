@@ -22,12 +22,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from onnxsplit.cli import costgraph_cmd, split_cmd, validate_cmd
+    from onnxsplit.cli import bench_cmd, run_cmd
+    from onnxsplit.cli import profile_cmd
 
     parser = _Parser(prog="onnxsplit", description="Split ONNX models across devices for pipelined inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     split_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)
+    profile_cmd.add_parser(sub)
+    run_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub)
     costgraph_cmd.add_parser(sub)
     return parser
 

@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder to write stage_K.onnx, manifest.json, plan.json")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD",
                    help="fix an input's shape for costs and sizes, e.g. input_ids:1x128 (repeatable)")
+    p.add_argument("--costs", default="measure", choices=("measure", "estimate"),
+                   help="measure node times with onnxruntime (cached) or estimate them from FLOPs (default measure)")
+    p.add_argument("--profile", default=None, help="use this profile.json (e.g. measured on the target machine)")
     p.add_argument("--plan", default=None, help="use this plan (node name -> stage) instead of solving")
     p.add_argument("--solver", default="auto", choices=SOLVERS, help="placement solver")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit in seconds")
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     devices = parse_devices(args.devices, memory=args.device_memory)
     result = split(args.model, args.output, devices=devices, input_shapes=parse_input_shapes(args.input_shape),
-                   plan_path=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force)
+                   plan_path=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
+                   costs=args.costs, profile_path=args.profile)
     console = Console(stderr=False)
     m, plan = result.manifest, result.plan
     bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])

@@ -1,0 +1,98 @@
+"""`onnxsplit profile`: measure every node's time with onnxruntime and write profile.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from onnxsplit.errors import UsageError
+from onnxsplit.shapes import parse_input_shapes
+
+TOP_NODES = 10
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="measure every node's time with onnxruntime's profiler")
+    p.add_argument("model", help="the ONNX model to profile")
+    p.add_argument("-o", "--output", required=True, help="profile.json to write")
+    p.add_argument("--provider", default="cpu", help="cpu, cuda or an execution provider's name (default cpu)")
+    p.add_argument("--provider-option", action="append", default=[], metavar="K=V",
+                   help="an execution provider option, e.g. device_id=0 (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--runs", type=int, default=20, help="measured runs; each node's time is its median (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="runs before measuring (default 5)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD",
+                   help="fix an input's shape, e.g. input_ids:4x32 (repeatable)")
+    p.add_argument("--inputs", default=None, help=".npz of input arrays keyed by input name (default: random)")
+    p.set_defaults(run=run)
+
+
+def parse_provider_options(specs: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--provider-option {spec!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _shapes_and_feeds(model, args: argparse.Namespace):
+    """Input shapes from --input-shape, completed (and checked) by the arrays of --inputs."""
+    from onnxsplit.ortutil import load_feeds
+
+    shapes = parse_input_shapes(args.input_shape)
+    if args.inputs is None:
+        return shapes, None
+    feeds = load_feeds(args.inputs, [i.name for i in model.inputs])
+    for name, array in feeds.items():
+        if name in shapes and tuple(shapes[name]) != tuple(array.shape):
+            raise UsageError(f"--input-shape {name}:{'x'.join(map(str, shapes[name]))} disagrees with --inputs "
+                             f"(array of shape {'x'.join(map(str, array.shape))})")
+        shapes[name] = tuple(array.shape)
+    return shapes, feeds
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxsplit.model import load_model
+    from onnxsplit.profile.measure import profile_model, resolve_provider
+    from onnxsplit.profile.store import save_profile
+
+    provider = resolve_provider(args.provider)
+    options = parse_provider_options(args.provider_option)
+    model = load_model(args.model)
+    shapes, feeds = _shapes_and_feeds(model, args)
+    columns = (TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("profiling", total=None)
+        profile = profile_model(model, input_shapes=shapes, provider=provider, provider_options=options,
+                                threads=args.threads, runs=args.runs, warmup=args.warmup, feeds=feeds,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    save_profile(profile, args.output)
+    _print_summary(profile, args)
+    return 0
+
+
+def _print_summary(profile, args: argparse.Namespace) -> None:
+    console = Console()
+    total = profile.total_ms
+    table = Table(title=f"{args.model} on {profile.provider}, {profile.threads} thread(s), "
+                        f"median of {profile.runs} runs")
+    for col in ("node", "op", "ms", "share", "source", "fused with"):
+        table.add_column(col, justify="right" if col in ("ms", "share") else "left")
+    for n in sorted(profile.nodes, key=lambda n: -n.time_ms)[:TOP_NODES]:
+        fused = ", ".join(n.fused_with[:3]) + (f" (+{len(n.fused_with) - 3})" if len(n.fused_with) > 3 else "")
+        table.add_row(n.name, n.op_type, f"{n.time_ms:.4f}", f"{n.time_ms / total:.1%}" if total else "-",
+                      n.source, fused)
+    console.print(table)
+    ratio = f" ({total / profile.end_to_end_ms:.0%})" if profile.end_to_end_ms else ""
+    console.print(f"sum of node times {total:.4f} ms vs end-to-end {profile.end_to_end_ms:.4f} ms{ratio}; "
+                  f"unattributed kernel time {profile.unattributed_ms:.4f} ms")
+    by_source = profile.time_by_source()
+    whole = total + profile.unattributed_ms
+    shares = ", ".join(f"{s} {t / whole:.1%}" for s, t in by_source.items()) if whole else "no time measured"
+    console.print(f"time by source: {shares}")
+    console.print(f"wrote {args.output}")

@@ -1,0 +1,57 @@
+"""`onnxsplit run`: run one batch of inputs through a split folder's pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from onnxsplit.errors import UsageError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run inputs through the stages as a pipeline and save the outputs")
+    p.add_argument("outdir", help="a folder written by `onnxsplit split`")
+    p.add_argument("--inputs", required=True, help=".npz of input arrays keyed by input name")
+    p.add_argument("-o", "--output", required=True, help=".npz to write the outputs to, keyed by output name")
+    p.add_argument("--no-pin", action="store_true", help="do not pin stage workers to cores")
+    p.set_defaults(run=run)
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    if path.parent and not path.parent.is_dir():
+        raise UsageError(f"-o {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        # A file object, so numpy writes exactly this name (no added .npz).
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxsplit.manifest import load_manifest
+    from onnxsplit.ortutil import load_feeds
+    from onnxsplit.runtime import Pipeline
+
+    manifest = load_manifest(args.outdir)
+    feeds = load_feeds(args.inputs, [i["name"] for i in manifest["inputs"]])
+    with Pipeline(args.outdir, pin=not args.no_pin) as pipe:
+        outputs = pipe.run(feeds)
+    out = Path(args.output)
+    save_npz_atomic(out, outputs)
+    table = Table(title=f"{args.outdir}: {len(manifest['stages'])} stages")
+    for col in ("output", "dtype", "shape"):
+        table.add_column(col)
+    for name, value in outputs.items():
+        table.add_row(name, str(value.dtype), "x".join(map(str, value.shape)) or "scalar")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out}")
+    return 0

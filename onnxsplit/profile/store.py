@@ -1,0 +1,324 @@
+"""The Profile value: measured time of every original node, and profile.json.
+
+``profile.json`` (format ``onnxsplit.profile``, version 1) holds how the
+profile was measured (model hash, input shapes, provider and options,
+threads, onnxruntime version, runs, warm-ups), the whole model's latency,
+and one record per original node in the model's topological order. A cache
+keyed by the measuring conditions keeps profiles between commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from onnxsplit.errors import OnnxSplitError
+from onnxsplit.model import Model
+from onnxsplit.shapes import resolve_input_shapes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "onnxsplit.profile"
+VERSION = 1
+Source = Literal["measured", "fused", "folded", "estimated"]
+SOURCES: tuple[Source, ...] = ("measured", "fused", "folded", "estimated")
+
+
+class ProfileError(OnnxSplitError):
+    """A profile file is unreadable or does not fit the model it is used with."""
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One original node's time per inference.
+
+    ``source`` says where the time comes from: ``measured`` (kernels that
+    computed this node alone), ``fused`` (its share of kernels that computed
+    it together with ``fused_with``), ``folded`` (computed once when the
+    session was built, so free per inference) or ``estimated`` (no kernel
+    covered it; the analytic estimate).
+    """
+
+    name: str
+    op_type: str
+    time_ms: float
+    source: Source
+    fused_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Time per inference of every original node (in the model's order), and how it was measured.
+
+    ``end_to_end_ms`` is the whole model's median latency without profiling;
+    ``unattributed_ms`` is kernel time no original node could be found for.
+    """
+
+    model_sha256: str
+    input_shapes: dict[str, tuple[int, ...]]
+    provider: str
+    provider_options: dict[str, str]
+    threads: int
+    ort_version: str
+    runs: int
+    warmup: int
+    end_to_end_ms: float
+    nodes: tuple[NodeTime, ...]
+    unattributed_ms: float = 0.0
+    _index: dict[str, NodeTime] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {n.name: n for n in self.nodes})
+
+    def node(self, name: str) -> NodeTime:
+        return self._index[name]
+
+    def times(self) -> dict[str, float]:
+        """Node name -> milliseconds per inference."""
+        return {n.name: n.time_ms for n in self.nodes}
+
+    @property
+    def total_ms(self) -> float:
+        """Sum of the node times (what a solver adds up), without unattributed time."""
+        return math.fsum(n.time_ms for n in self.nodes)
+
+    def time_by_source(self) -> dict[str, float]:
+        totals = {s: 0.0 for s in SOURCES}
+        for n in self.nodes:
+            totals[n.source] += n.time_ms
+        return totals
+
+    def measured_share(self) -> float:
+        """Share of all kernel time (unattributed included) that landed on measured or fused nodes."""
+        by_source = self.time_by_source()
+        whole = self.total_ms + self.unattributed_ms
+        return (by_source["measured"] + by_source["fused"]) / whole if whole > 0 else 1.0
+
+
+def _rounded(x: float) -> float:
+    # Nanosecond resolution is finer than any timer here; rounding keeps files readable.
+    return round(float(x), 6)
+
+
+def profile_to_dict(profile: Profile) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_sha256": profile.model_sha256,
+        "input_shapes": {k: list(v) for k, v in profile.input_shapes.items()},
+        "provider": profile.provider,
+        "provider_options": dict(sorted(profile.provider_options.items())),
+        "threads": profile.threads,
+        "onnxruntime_version": profile.ort_version,
+        "runs": profile.runs,
+        "warmup": profile.warmup,
+        "end_to_end_ms": _rounded(profile.end_to_end_ms),
+        "unattributed_ms": _rounded(profile.unattributed_ms),
+        "nodes": [
+            {"name": n.name, "op_type": n.op_type, "time_ms": _rounded(n.time_ms), "source": n.source,
+             "fused_with": list(n.fused_with)}
+            for n in profile.nodes
+        ],
+    }
+
+
+def _need(data: dict, key: str, kind: type | tuple[type, ...], where: str):
+    if key not in data:
+        raise ProfileError(f"{where}: missing field {key!r}")
+    value = data[key]
+    # bool is an int in Python; a flag where a count belongs is still a bad file.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProfileError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def profile_from_dict(data: object, where: str = "profile") -> Profile:
+    """Check and convert a parsed profile.json. Raises ProfileError naming the first problem."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ProfileError(f"{where}: not an onnxsplit profile (no \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise ProfileError(f"{where}: profile version {data.get('version')!r} is not supported (expected {VERSION})")
+    number = (int, float)
+    shapes_raw = _need(data, "input_shapes", dict, where)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in shapes_raw.items():
+        if not isinstance(dims, list) or not all(type(d) is int and d >= 0 for d in dims):
+            raise ProfileError(f"{where}: input shape of {name!r} is not a list of non-negative integers")
+        shapes[name] = tuple(dims)
+    options = _need(data, "provider_options", dict, where)
+    if not all(isinstance(v, str) for v in options.values()):
+        raise ProfileError(f"{where}: provider_options values must be strings")
+    nodes = []
+    for i, raw in enumerate(_need(data, "nodes", list, where)):
+        at = f"{where}: node {i}"
+        if not isinstance(raw, dict):
+            raise ProfileError(f"{at} is not an object")
+        source = _need(raw, "source", str, at)
+        if source not in SOURCES:
+            raise ProfileError(f"{at}: source {source!r} is not one of {', '.join(SOURCES)}")
+        time_ms = float(_need(raw, "time_ms", number, at))
+        if not math.isfinite(time_ms) or time_ms < 0:
+            raise ProfileError(f"{at}: time_ms {time_ms!r} is not a non-negative number")
+        fused = _need(raw, "fused_with", list, at)
+        if not all(isinstance(f, str) for f in fused):
+            raise ProfileError(f"{at}: fused_with must list node names")
+        nodes.append(NodeTime(name=_need(raw, "name", str, at), op_type=_need(raw, "op_type", str, at),
+                              time_ms=time_ms, source=source, fused_with=tuple(fused)))
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ProfileError(f"{where}: node {dup!r} is listed twice")
+    return Profile(
+        model_sha256=_need(data, "model_sha256", str, where),
+        input_shapes=shapes,
+        provider=_need(data, "provider", str, where),
+        provider_options=dict(options),
+        threads=_need(data, "threads", int, where),
+        ort_version=_need(data, "onnxruntime_version", str, where),
+        runs=_need(data, "runs", int, where),
+        warmup=_need(data, "warmup", int, where),
+        end_to_end_ms=float(_need(data, "end_to_end_ms", number, where)),
+        nodes=tuple(nodes),
+        unattributed_ms=float(_need(data, "unattributed_ms", number, where)),
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target and rename over it, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        _atomic_write_text(path, json.dumps(profile_to_dict(profile), indent=2) + "\n")
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot write the profile ({exc.strerror or exc})") from None
+    return path
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read the profile ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return profile_from_dict(data, str(path))
+
+
+def check_profile(profile: Profile, model: Model, input_shapes: dict[str, tuple[int, ...]], provider: str,
+                  threads: int) -> None:
+    """Raise ProfileError unless ``profile`` was measured on this model, at these shapes, provider and threads.
+
+    ``input_shapes`` may name only some inputs; the rest resolve as for profiling.
+    """
+    if profile.model_sha256 != model.sha256:
+        raise ProfileError(f"profile.json was measured on a different model (sha256 {profile.model_sha256[:12]}..., "
+                           f"{model.path.name} has {model.sha256[:12]}...)")
+    wanted = resolve_input_shapes(model, input_shapes)
+    for name, shape in wanted.items():
+        have = profile.input_shapes.get(name)
+        if have is None or tuple(have) != tuple(shape):
+            got = "x".join(map(str, have)) if have is not None else "none"
+            raise ProfileError(f"profile.json was measured at input shape {name}:{got}, "
+                               f"not {name}:{'x'.join(map(str, shape))}")
+    if profile.provider != provider:
+        raise ProfileError(f"profile.json was measured on {profile.provider}, not {provider}")
+    if profile.threads != threads:
+        raise ProfileError(f"profile.json was measured with {profile.threads} threads, not {threads}")
+    timed = {n.name for n in profile.nodes}
+    missing = [n.name for n in model.graph.node if n.name not in timed]
+    if missing:
+        raise ProfileError(f"profile.json has no time for node {missing[0]!r}")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("ONNXSPLIT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "onnxsplit"
+
+
+def cache_key(model_sha256: str, input_shapes: dict[str, tuple[int, ...]], provider: str,
+              provider_options: dict[str, str], threads: int, ort_version: str) -> str:
+    """A stable digest of everything a measured time depends on.
+
+    The onnxruntime version is part of it: kernels and fusions change between
+    releases, so a profile from another version would be stale.
+    """
+    key = json.dumps({"model": model_sha256, "shapes": {k: list(v) for k, v in sorted(input_shapes.items())},
+                      "provider": provider, "options": dict(sorted(provider_options.items())), "threads": threads,
+                      "onnxruntime": ort_version}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "profiles" / f"{key[:32]}.json"
+
+
+def read_cached(path: Path) -> Profile | None:
+    """A cached profile, or None when absent or unreadable (a broken cache entry is measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_profile(path)
+    except ProfileError as exc:
+        log.warning("ignoring a broken cached profile (%s)", exc)
+        return None
+
+
+def write_cached(profile: Profile, path: Path) -> None:
+    """Store a profile in the cache; a cache that cannot be written only costs a warning."""
+    try:
+        save_profile(profile, path)
+    except ProfileError as exc:
+        log.warning("could not cache the profile: %s", exc)
+
+
+def cached_profile(model: Model, *, input_shapes: dict[str, tuple[int, ...]], provider: str = "CPUExecutionProvider",
+                   provider_options: dict[str, str] | None = None, threads: int = 1, runs: int = 20,
+                   warmup: int = 5, cache_dir: Path | None = None) -> Profile:
+    """The stored profile for these conditions, or a fresh measurement that is then stored.
+
+    ``cache_dir``: default ``$ONNXSPLIT_CACHE``, else ``~/.cache/onnxsplit``.
+    """
+    import onnxruntime as ort
+
+    from onnxsplit.profile.measure import profile_model, resolve_provider  # measure builds on this module
+
+    provider = resolve_provider(provider)
+    options = dict(provider_options or {})
+    shapes = resolve_input_shapes(model, input_shapes)
+    key = cache_key(model.sha256, shapes, provider, options, threads, ort.__version__)
+    path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), key)
+    cached = read_cached(path)
+    if cached is not None and cached.model_sha256 == model.sha256 and cached.input_shapes == shapes:
+        log.info("using the cached profile %s", path)
+        return cached
+    measured = profile_model(model, input_shapes=shapes, provider=provider, provider_options=options,
+                             threads=threads, runs=runs, warmup=warmup)
+    # As stored, so that a first and a cached answer are equal.
+    profile = profile_from_dict(profile_to_dict(measured))
+    write_cached(profile, path)
+    return profile

@@ -1,0 +1,292 @@
+"""Measure a split folder's pipeline against the original model, in one run.
+
+Three ways of running the model, on the same random inputs:
+
+1. the pipeline, kept full (a bounded number of requests always in flight):
+   throughput, latency p50/p99, and for each stage its busy / starved /
+   blocked fractions and its mean run time next to the manifest's prediction;
+2. the original model alone with 1 intra-op thread;
+3. the original model alone with as many threads as the stages use in total.
+
+They take turns in short rounds (pipeline, original 1, original N, pipeline,
+...), so a machine whose speed drifts (other tenants, clocks) slows all three
+alike instead of whichever happened to run at the bad moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxsplit.errors import UsageError
+from onnxsplit.manifest import load_manifest, source_model_path
+from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.runtime.pipeline import Pipeline, StageStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One way of running the model: how fast, and how long one request took."""
+
+    label: str
+    threads: int
+    requests: int
+    seconds: float
+    samples_per_s: float
+    p50_ms: float
+    p99_ms: float
+    per_round: tuple[float, ...]  # samples/s of each round: their spread shows how noisy the machine was
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage during the pipeline's measured window.
+
+    The four fractions split the window's wall time, so they add up to 1.
+    """
+
+    index: int
+    provider: str
+    threads: int
+    cores: tuple[int, ...]
+    runs: int
+    busy: float  # running the stage's session
+    starved: float  # waiting for a request from the previous stage
+    blocked: float  # waiting for room in the next stage's queue
+    other: float  # the worker's own Python work (routing, queue hand-offs)
+    measured_ms: float  # mean session run time per request
+    predicted_ms: float  # the manifest's predicted load, scaled to the benchmark's batch
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    outdir: str
+    model: str
+    input_shapes: dict[str, tuple[int, ...]]
+    samples_per_request: int
+    in_flight: int
+    rounds: int
+    predicted_scale: float  # benchmark batch / the manifest's batch (1 when unchanged)
+    pipeline: Throughput
+    stages: tuple[StageResult, ...]
+    original_1: Throughput
+    original_n: Throughput
+
+    @property
+    def vs_original_1(self) -> float:
+        return self.pipeline.samples_per_s / self.original_1.samples_per_s
+
+    @property
+    def vs_original_n(self) -> float:
+        return self.pipeline.samples_per_s / self.original_n.samples_per_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outdir": self.outdir, "model": self.model,
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "samples_per_request": self.samples_per_request, "in_flight": self.in_flight, "rounds": self.rounds,
+            "predicted_scale": self.predicted_scale,
+            "pipeline": _plain(self.pipeline),
+            "stages": [_plain(s) for s in self.stages],
+            "original_1": _plain(self.original_1), "original_n": _plain(self.original_n),
+            "vs_original_1": self.vs_original_1, "vs_original_n": self.vs_original_n,
+        }
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A dataclass as JSON-ready fields (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(value, k)) for k in value.__dataclass_fields__)}
+
+
+def bench_shapes(manifest: dict[str, Any], *, batch: int | None = None) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Input shapes to benchmark at, and how much bigger the batch is than the manifest's.
+
+    ``batch`` replaces the first dim of every input whose first dim is
+    symbolic; None keeps the manifest's ``input_shapes``.
+    """
+    shapes = {i["name"]: tuple(manifest["input_shapes"][i["name"]]) for i in manifest["inputs"]}
+    if batch is None:
+        return shapes, 1.0
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    dynamic = [i["name"] for i in manifest["inputs"] if i["shape"] and not isinstance(i["shape"][0], int)]
+    if not dynamic:
+        raise UsageError("--batch: no model input has a symbolic first dimension")
+    scale = batch / shapes[dynamic[0]][0]
+    for name in dynamic:
+        shapes[name] = (batch, *shapes[name][1:])
+    return shapes, scale
+
+
+def _samples(shapes: dict[str, tuple[int, ...]]) -> int:
+    # The first dim of the first input that has one is the batch, by convention.
+    return next((s[0] for s in shapes.values() if len(s) >= 1 and s[0] > 0), 1)
+
+
+def _check_source(outdir: Path, manifest: dict[str, Any], model_path: str | os.PathLike | None) -> Path:
+    path = Path(model_path) if model_path is not None else source_model_path(outdir, manifest)
+    if not path.is_file():
+        raise UsageError(f"original model {path} not found (pass --model if it moved)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != manifest["source"]["sha256"]:
+        raise UsageError(f"{path} is not the model this folder was split from (sha256 differs)")
+    return path
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    if not latencies:
+        return (float("nan"), float("nan"))
+    p50, p99 = np.percentile(np.asarray(latencies) * 1e3, [50, 99])
+    return float(p50), float(p99)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One measured stretch of one way of running: what finished inside it, and how long it was."""
+
+    requests: int
+    seconds: float
+    latencies: tuple[float, ...]
+    before: tuple[StageStats, ...] = ()
+    after: tuple[StageStats, ...] = ()
+
+
+def _measure_pipeline(pipe: Pipeline, feeds: dict[str, np.ndarray], *, seconds: float, warmup: float,
+                      in_flight: int) -> _Window:
+    """Keep ``in_flight`` requests in the pipeline through warm-up and measurement.
+
+    The window opens once ``warmup`` has passed and the pipeline is full
+    (``in_flight`` requests finished), and there is no break between the two,
+    so it sees the steady state, not the pipeline filling or draining; a
+    request counts when it finishes inside the window (at least one must).
+    """
+    clock = time.perf_counter
+    pending: deque[Future] = deque()
+    finished: list[Future] = []
+    begin = clock() + warmup
+    end = 0.0
+    before: tuple[StageStats, ...] = ()
+    t0 = t1 = 0.0
+    while True:
+        now = clock()
+        if not before and now >= begin and len(finished) >= in_flight:
+            before, t0, end = pipe.stats(), now, now + seconds
+        if before and now >= end and finished[-1].finished_at >= t0:
+            after, t1 = pipe.stats(), now
+            break
+        while len(pending) < in_flight:
+            pending.append(pipe.submit(feeds))
+        future = pending.popleft()
+        future.result()
+        finished.append(future)
+    for future in pending:  # drain, unmeasured
+        future.result()
+    # The worker stamps the finish time, so a late wake-up here does not count as latency.
+    inside = [f for f in [*finished, *pending] if t0 <= f.finished_at <= t1]
+    return _Window(len(inside), t1 - t0, tuple(f.finished_at - f.submitted_at for f in inside), before, after)
+
+
+def _measure_session(session: Any, feeds: dict[str, np.ndarray], *, seconds: float, warmup: float) -> _Window:
+    clock = time.perf_counter
+    end = clock() + warmup
+    while clock() < end:
+        session.run(None, feeds)
+    latencies = []
+    begin = clock()
+    while not latencies or clock() - begin < seconds:
+        t0 = clock()
+        session.run(None, feeds)
+        latencies.append(clock() - t0)
+    return _Window(len(latencies), clock() - begin, tuple(latencies))
+
+
+def _throughput(label: str, threads: int, windows: list[_Window], samples: int) -> Throughput:
+    requests = sum(w.requests for w in windows)
+    seconds = sum(w.seconds for w in windows)
+    p50, p99 = _percentiles([x for w in windows for x in w.latencies])
+    return Throughput(label, threads, requests, seconds, requests * samples / seconds, p50, p99,
+                      tuple(w.requests * samples / w.seconds for w in windows))
+
+
+def _stage_results(pipe: Pipeline, windows: list[_Window], scale: float) -> tuple[StageResult, ...]:
+    fields = ("busy_s", "starved_s", "blocked_s", "other_s")
+    out = []
+    for k, (spec, doc) in enumerate(zip(pipe.specs, pipe.manifest["stages"])):
+        runs = sum(w.after[k].runs - w.before[k].runs for w in windows)
+        spent = {f: sum(getattr(w.after[k], f) - getattr(w.before[k], f) for w in windows) for f in fields}
+        # The phases tile the time between two snapshots, so this is the windows' length.
+        total = sum(spent.values()) or 1.0
+        out.append(StageResult(
+            index=spec.index, provider=spec.provider, threads=spec.threads, cores=windows[-1].after[k].cores,
+            runs=runs, busy=spent["busy_s"] / total, starved=spent["starved_s"] / total,
+            blocked=spent["blocked_s"] / total, other=spent["other_s"] / total,
+            measured_ms=spent["busy_s"] / runs * 1e3 if runs else float("nan"),
+            predicted_ms=float(doc["predicted"]["load_ms"]) * scale,
+        ))
+    return tuple(out)
+
+
+def bench(
+    outdir: str | os.PathLike,
+    *,
+    seconds: float = 5.0,
+    warmup: float = 1.0,
+    rounds: int = 3,
+    batch: int | None = None,
+    model_path: str | os.PathLike | None = None,
+    pin: bool = True,
+    queue_size: int = 4,
+    in_flight_per_stage: int = 2,
+    seed: int = 0,
+) -> BenchResult:
+    """Benchmark the pipeline of ``outdir`` and the original model on the same random inputs.
+
+    Each way of running is measured for ``seconds`` in all, split into
+    ``rounds`` turns, after ``warmup`` unmeasured seconds at its first turn;
+    the whole run takes about three times ``seconds + warmup``.
+    """
+    if seconds <= 0 or warmup < 0:
+        raise UsageError(f"--seconds must be positive and --warmup not negative (got {seconds}, {warmup})")
+    if rounds < 1 or in_flight_per_stage < 1:
+        raise UsageError(f"--rounds and in_flight_per_stage must be at least 1 (got {rounds}, {in_flight_per_stage})")
+    outdir = Path(outdir)
+    manifest = load_manifest(outdir)
+    source = _check_source(outdir, manifest, model_path)
+    shapes, scale = bench_shapes(manifest, batch=batch)
+    feeds = random_feeds([(i["name"], i["dtype"], shapes[i["name"]]) for i in manifest["inputs"]], seed=seed)
+    samples = _samples(shapes)
+    in_flight = in_flight_per_stage * len(manifest["stages"])
+    total_threads = sum(int(s.get("threads") or 1) for s in manifest["stages"])
+    turn = seconds / rounds
+
+    with Pipeline(outdir, queue_size=queue_size, pin=pin) as pipe:
+        originals = {1: make_session(source, threads=1), total_threads: make_session(source, threads=total_threads)}
+        piped: list[_Window] = []
+        alone: dict[int, list[_Window]] = {1: [], total_threads: []}
+        for r in range(rounds):
+            first = warmup if r == 0 else 0.0
+            log.info("round %d of %d: pipeline, original with 1 thread, with %d", r + 1, rounds, total_threads)
+            piped.append(_measure_pipeline(pipe, feeds, seconds=turn, warmup=first, in_flight=in_flight))
+            for threads in dict.fromkeys((1, total_threads)):  # once when the split uses 1 thread
+                alone[threads].append(_measure_session(originals[threads], feeds, seconds=turn, warmup=first))
+        stages = _stage_results(pipe, piped, scale)
+    pipeline = _throughput(f"pipeline ({len(stages)} stages)", total_threads, piped, samples)
+    original_1 = _throughput("original, 1 thread", 1, alone[1], samples)
+    original_n = _throughput(f"original, {total_threads} threads", total_threads, alone[total_threads], samples)
+    return BenchResult(str(outdir), str(source), shapes, samples, in_flight, rounds, scale, pipeline, stages,
+                       original_1, original_n)

@@ -1,0 +1,502 @@
+"""Run a split folder as a pipeline: one worker per stage, bounded queues between them.
+
+Every request moves through the stages in pipeline order. Each worker owns
+its stage's onnxruntime session (on the provider, options and thread count
+the manifest names) and works on one request at a time, so stage K can run
+request i while stage K+1 runs request i-1. onnxruntime releases the GIL
+inside ``Run``, so threads are enough to overlap the stages.
+
+Routing follows the manifest exactly: graph inputs go to every stage that
+reads them, a hand-off goes to each stage that reads it, graph outputs are
+taken from whichever stage makes them, and a request drops every tensor no
+later stage reads as soon as it leaves the last stage that needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxsplit.errors import OnnxSplitError, UsageError
+from onnxsplit.manifest import load_manifest
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class StageError(OnnxSplitError):
+    """A stage failed on one request; ``stage`` is its index and ``__cause__`` the original error."""
+
+    def __init__(self, stage: int, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class FeedError(OnnxSplitError):
+    """A request's feeds do not match the model's inputs."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage worker needs to know, read from the manifest."""
+
+    index: int
+    path: Path
+    provider: str
+    provider_options: Mapping[str, Any]
+    threads: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    graph_outputs: tuple[str, ...]  # model outputs this stage makes
+    keep: frozenset[str]  # tensors a request still needs after this stage
+    on_device: frozenset[str]  # outputs left on the GPU for the next stage (CUDA only)
+
+    @property
+    def device_id(self) -> int:
+        return int(self.provider_options.get("device_id", 0))
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Counters of one stage worker since the pipeline started; diff two snapshots for a window."""
+
+    index: int
+    runs: int
+    busy_s: float  # inside session.run
+    starved_s: float  # waiting for the previous stage
+    blocked_s: float  # waiting for room in the next stage's queue
+    other_s: float  # the worker's own Python work: routing, bookkeeping
+    cores: tuple[int, ...]  # the cores the worker was pinned to (empty: not pinned)
+
+
+def stage_specs(outdir: str | os.PathLike, manifest: dict[str, Any]) -> tuple[StageSpec, ...]:
+    """Each stage's inputs, outputs and what survives it, from the manifest alone."""
+    stages = manifest["stages"]
+    made_by = {o["name"]: s["index"] for s in stages for o in s["outputs"]}
+    graph_outputs = [o["name"] for o in manifest["outputs"]]
+    specs = []
+    for k, s in enumerate(stages):
+        if s["index"] != k:
+            raise UsageError(f"{outdir}: manifest stages are not numbered in pipeline order")
+        later = {i["name"] for t in stages[k + 1:] for i in t["inputs"]}
+        on_device = set()
+        if s["provider"] == CUDA:
+            for o in s["outputs"]:
+                readers = [stages[j] for j in o["to"]]
+                # A hand-off stays on the GPU only when every reader runs on the same GPU;
+                # anything else goes through the host, which onnxruntime can always read.
+                if readers and all(r["provider"] == CUDA and _device_id(r) == _device_id(s) for r in readers):
+                    on_device.add(o["name"])
+        specs.append(StageSpec(
+            index=k,
+            path=Path(outdir) / s["file"],
+            provider=s["provider"],
+            provider_options=dict(s.get("provider_options") or {}),
+            threads=int(s.get("threads") or 1),
+            inputs=tuple(i["name"] for i in s["inputs"]),
+            outputs=tuple(o["name"] for o in s["outputs"]),
+            graph_outputs=tuple(n for n in graph_outputs if made_by.get(n) == k),
+            keep=frozenset(later),
+            on_device=frozenset(on_device),
+        ))
+    return tuple(specs)
+
+
+def _device_id(stage: dict[str, Any]) -> int:
+    return int((stage.get("provider_options") or {}).get("device_id", 0))
+
+
+def assign_cores(specs: tuple[StageSpec, ...], *, pin: bool) -> tuple[tuple[int, ...], ...]:
+    """Disjoint cores for every CPU stage (as many as its threads), or none when they do not fit.
+
+    onnxruntime's intra-op threads are made by the worker thread when the
+    session opens, so they inherit the worker's affinity: a stage with T
+    threads needs T cores of its own.
+    """
+    none: tuple[tuple[int, ...], ...] = tuple(() for _ in specs)
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return none
+    cores = sorted(os.sched_getaffinity(0))
+    wanted = sum(s.threads for s in specs if s.provider == CPU)
+    if wanted > len(cores):
+        log.info("not pinning: the CPU stages want %d threads but only %d cores are available", wanted, len(cores))
+        return none
+    out, next_core = [], 0
+    for s in specs:
+        if s.provider != CPU:
+            out.append(())
+            continue
+        out.append(tuple(cores[next_core:next_core + s.threads]))
+        next_core += s.threads
+    return tuple(out)
+
+
+def open_session(spec: StageSpec, *, spin: bool):
+    """An onnxruntime session for one stage, on the manifest's provider, options and threads."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if spec.provider not in available:
+        raise UsageError(f"stage {spec.index}: execution provider {spec.provider!r} is not available here "
+                         f"(available: {', '.join(available)})")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = spec.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if not spin:
+        # Idle pool threads that spin steal the core from the other stages' workers.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    providers: list[Any] = [(spec.provider, dict(spec.provider_options))]
+    if spec.provider != CPU:
+        providers.append(CPU)  # nodes the accelerator cannot run fall back to the host
+    return ort.InferenceSession(str(spec.path), sess_options=opts, providers=providers)
+
+
+class HostRunner:
+    """Runs a stage with numpy in, numpy out (every CPU stage)."""
+
+    def __init__(self, session: Any, spec: StageSpec) -> None:
+        self.session = session
+        self.outputs = list(spec.outputs)
+
+    def __call__(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        feeds = {n: _to_host(v) for n, v in feeds.items()}
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+
+class BindingRunner:
+    """Runs a stage through IO binding, so tensors can stay on the device between stages.
+
+    Inputs may be numpy arrays (copied in by onnxruntime) or OrtValues already
+    on the device; outputs in ``spec.on_device`` stay on ``device_type`` as
+    OrtValues, every other output comes back as a numpy array.
+    """
+
+    def __init__(self, session: Any, spec: StageSpec, *, device_type: str = "cuda") -> None:
+        self.session = session
+        self.outputs = list(spec.outputs)
+        self.on_device = spec.on_device
+        self.device_type = device_type
+        self.device_id = spec.device_id
+
+    def __call__(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        # A fresh binding per call: each request gets its own output buffers,
+        # so a tensor handed to the next stage is never overwritten under it.
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.outputs:
+            if name in self.on_device:
+                binding.bind_output(name, self.device_type, self.device_id)
+            else:
+                binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {name: (value if name in self.on_device else value.numpy())
+                for name, value in zip(self.outputs, values)}
+
+
+def _to_host(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value
+    numpy = getattr(value, "numpy", None)  # an OrtValue left on a device by a CUDA stage
+    return numpy() if callable(numpy) else value
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Request:
+    """One inference on its way through the stages (mutable, owned by one worker at a time)."""
+
+    __slots__ = ("future", "env", "outputs")
+
+    def __init__(self, future: Future, env: dict[str, Any], outputs: dict[str, Any]) -> None:
+        self.future = future
+        self.env = env
+        self.outputs = outputs
+
+
+_STOP = object()  # sent down the queues after the last request: each worker passes it on and exits
+
+
+class _Worker:
+    """One stage: takes requests from ``inbox``, runs them, passes them to ``outbox`` or finishes them."""
+
+    def __init__(self, spec: StageSpec, inbox: queue.Queue, outbox: queue.Queue | None, *,
+                 cores: tuple[int, ...], output_order: tuple[str, ...], cancelling: threading.Event) -> None:
+        self.spec = spec
+        self.inbox = inbox
+        self.outbox = outbox
+        self.cores = cores
+        self.output_order = output_order
+        self.cancelling = cancelling
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.runs = 0
+        # Every moment of the worker's life is in exactly one phase; a snapshot
+        # counts the phase under way too, so two snapshots bracket a window exactly.
+        self._phase_lock = threading.Lock()
+        self._spent = {"busy": 0.0, "starved": 0.0, "blocked": 0.0, "other": 0.0}
+        self._phase = ("other", time.perf_counter())
+        self.runner: Any = None
+        self.thread = threading.Thread(target=self._main, name=f"onnxsplit-stage-{spec.index}", daemon=True)
+
+    def _enter(self, phase: str) -> None:
+        now = time.perf_counter()
+        with self._phase_lock:
+            current, since = self._phase
+            self._spent[current] += now - since
+            self._phase = (phase, now)
+
+    def stats(self) -> StageStats:
+        with self._phase_lock:
+            spent = dict(self._spent)
+            current, since = self._phase
+            spent[current] += time.perf_counter() - since
+            runs = self.runs
+        return StageStats(self.spec.index, runs, spent["busy"], spent["starved"], spent["blocked"], spent["other"],
+                          self.cores)
+
+    def _main(self) -> None:
+        try:
+            if self.cores:
+                self._pin()
+            # Pinned stages own their cores, so spinning between kernels costs nobody else.
+            session = open_session(self.spec, spin=bool(self.cores) and self.spec.threads > 1)
+            self.runner = (BindingRunner(session, self.spec) if self.spec.provider == CUDA
+                           else HostRunner(session, self.spec))
+        except BaseException as exc:  # reported by Pipeline.__init__, which then stops every worker
+            self.error = exc
+        finally:
+            self.ready.set()
+        self._loop()
+
+    def _pin(self) -> None:
+        try:
+            # pid 0 is the calling thread on Linux; the session's own threads,
+            # made after this, inherit the mask.
+            os.sched_setaffinity(0, set(self.cores))
+        except OSError as exc:  # a container may forbid it; run unpinned rather than not at all
+            log.warning("stage %d: could not pin to cores %s (%s)", self.spec.index, self.cores, exc)
+            self.cores = ()
+
+    def _loop(self) -> None:
+        while True:
+            self._enter("starved")
+            item = self.inbox.get()
+            self._enter("other")
+            if item is _STOP:
+                if self.outbox is not None:
+                    self.outbox.put(_STOP)
+                return
+            req: _Request = item
+            if self.cancelling.is_set() or self.runner is None:
+                req.future.cancel()
+            elif not req.future.done():  # done here means the caller cancelled it: skip the work
+                try:
+                    self._handle(req)
+                except Exception as exc:  # whatever goes wrong fails this request, never the worker
+                    self._enter("other")
+                    err = StageError(self.spec.index, f"stage {self.spec.index} ({self.spec.path.name}, "
+                                     f"{self.spec.provider}) failed: {_one_line(exc)}")
+                    err.__cause__ = exc
+                    _finish(req.future, exception=err)
+
+    def _handle(self, req: _Request) -> None:
+        feeds = {n: req.env[n] for n in self.spec.inputs}
+        self._enter("busy")
+        values = self.runner(feeds)
+        self._enter("other")
+        self.runs += 1
+        for name in self.spec.graph_outputs:
+            req.outputs[name] = values[name]
+        if self.outbox is None:
+            _finish(req.future, result={n: _to_host(req.outputs[n]) for n in self.output_order})
+            return
+        # Drop what no later stage reads, so big activations are freed as early as possible.
+        env = {n: v for n, v in req.env.items() if n in self.spec.keep}
+        env.update((n, v) for n, v in values.items() if n in self.spec.keep)
+        req.env = env
+        self._enter("blocked")
+        self.outbox.put(req)
+
+
+def _finish(future: Future, *, result: Any = None, exception: BaseException | None = None) -> None:
+    future.finished_at = time.perf_counter()  # type: ignore[attr-defined]
+    # The caller may cancel a future at any moment; losing that race is not an error.
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+class Pipeline:
+    """A split folder's stages running as a pipeline, one worker thread per stage.
+
+    ``submit`` blocks while the first stage's queue is full (back-pressure);
+    every queue holds at most ``queue_size`` requests. Do not call ``submit``
+    or ``close`` from a future's done-callback: callbacks run on a stage
+    worker, which would then wait on itself.
+
+    Use as a context manager: leaving the block drains the pipeline, or
+    cancels what is left when an exception is on its way out.
+    """
+
+    def __init__(self, outdir: str | os.PathLike, *, queue_size: int = 4, pin: bool = True) -> None:
+        if queue_size < 1:
+            raise UsageError(f"queue_size must be at least 1, got {queue_size}")
+        self.outdir = Path(outdir)
+        self.manifest = load_manifest(self.outdir)
+        self.specs = stage_specs(self.outdir, self.manifest)
+        self.input_names = tuple(i["name"] for i in self.manifest["inputs"])
+        self.output_names = tuple(o["name"] for o in self.manifest["outputs"])
+        made = {n for s in self.specs for n in s.outputs}
+        # A model output that is also a model input passes straight through.
+        self._passthrough = tuple(n for n in self.output_names if n not in made and n in self.input_names)
+        self.queue_size = queue_size
+        self._cancelling = threading.Event()
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        self._queues = [queue.Queue(maxsize=queue_size) for _ in self.specs]
+        cores = assign_cores(self.specs, pin=pin)
+        self._workers = [
+            _Worker(spec, self._queues[k], self._queues[k + 1] if k + 1 < len(self.specs) else None,
+                    cores=cores[k], output_order=self.output_names, cancelling=self._cancelling)
+            for k, spec in enumerate(self.specs)
+        ]
+        for w in self._workers:
+            w.thread.start()
+        for w in self._workers:
+            w.ready.wait()
+        failed = next((w for w in self._workers if w.error is not None), None)
+        if failed is not None:
+            self.close(cancel=True)
+            if isinstance(failed.error, OnnxSplitError):
+                raise failed.error
+            raise StageError(failed.spec.index, f"stage {failed.spec.index} ({failed.spec.path.name}) could not be "
+                             f"loaded: {_one_line(failed.error)}") from failed.error
+        log.info("pipeline of %d stages started (cores %s)", len(self.specs), [w.cores for w in self._workers])
+
+    @property
+    def capacity(self) -> int:
+        """Requests the pipeline holds before ``submit`` blocks: every queue full, every worker busy."""
+        return len(self.specs) * (self.queue_size + 1)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)
+
+    def submit(self, feeds: Mapping[str, Any]) -> Future:
+        """Queue one inference; the Future's result maps every model output name to an array.
+
+        Raises FeedError at once when an input is missing or unknown; a stage
+        that fails fails only this request's Future, with a StageError. The
+        Future carries ``submitted_at`` and, once done, ``finished_at``
+        (time.perf_counter() seconds) for latency measurements.
+        """
+        self._check_feeds(feeds)
+        future: Future = Future()
+        future.submitted_at = time.perf_counter()  # type: ignore[attr-defined]
+        req = _Request(future, {n: feeds[n] for n in self.input_names},
+                       {n: feeds[n] for n in self._passthrough})
+        with self._submit_lock:
+            # Held across put() so that close() never slips its stop marker in
+            # ahead of a request that a blocked submitter is still placing.
+            if self._closed:
+                raise RuntimeError("cannot submit to a closed pipeline")
+            self._queues[0].put(req)
+        return future
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One inference, waiting for its result."""
+        return self.submit(feeds).result()
+
+    def map(self, feeds: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
+        """Results in submission order, reading at most ``capacity`` feeds ahead of the caller.
+
+        A failed request raises its error when its turn comes; closing the
+        iterator early cancels the requests it had read ahead.
+        """
+        window: deque[Future] = deque()
+        source = iter(feeds)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(window) < self.capacity:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    window.append(self._submit_or_fail(item))
+                if not window:
+                    return
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+    def _submit_or_fail(self, feeds: Mapping[str, Any]) -> Future:
+        # A bad feed fails in its own place in the order, after the results before it.
+        try:
+            return self.submit(feeds)
+        except FeedError as exc:
+            future: Future = Future()
+            future.set_exception(exc)
+            return future
+
+    def stats(self) -> tuple[StageStats, ...]:
+        return tuple(w.stats() for w in self._workers)
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the workers. By default every submitted request finishes first; with
+        ``cancel=True`` requests not yet finished are cancelled (their Futures raise
+        CancelledError) and only the runs already under way complete."""
+        if threading.current_thread() in {w.thread for w in self._workers}:
+            raise RuntimeError("Pipeline.close() called from a stage worker (a done-callback) would deadlock")
+        if cancel:
+            self._cancelling.set()  # first, so a blocked submitter's put() is unblocked quickly
+        with self._submit_lock:
+            if not self._closed:
+                self._closed = True
+                self._queues[0].put(_STOP)
+        for w in self._workers:
+            w.thread.join()
+
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> None:
+        if not isinstance(feeds, Mapping):
+            raise FeedError(f"feeds must map input names to arrays, got {type(feeds).__name__}")
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise FeedError(f"missing input {missing[0]!r} (the model's inputs: {list(self.input_names)})")
+        extra = sorted(set(feeds) - set(self.input_names))
+        if extra:
+            raise FeedError(f"{extra[0]!r} is not an input of the model (inputs: {list(self.input_names)})")
