@@ -1,0 +1,50 @@
+"""Time each stage model alone, to check the cost model's predictions against reality."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxsplit.manifest import load_manifest, stage_paths
+from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.validate import run_stages
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: int
+    predicted_ms: float  # the plan's compute time for the stage
+    measured_ms: float  # median latency of the stage model alone
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction (positive: predicted too slow)."""
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: int = 0) -> list[StageTiming]:
+    """Median single-thread latency of every stage on inputs from a chained run of random feeds.
+
+    Stages are timed round-robin, one run each in turn, so that a burst of
+    load from elsewhere on the machine slows them all alike.
+    """
+    outdir = Path(outdir)
+    manifest = load_manifest(outdir)
+    specs = [(i["name"], i["dtype"], tuple(manifest["input_shapes"][i["name"]])) for i in manifest["inputs"]]
+    env = run_stages(outdir, manifest, random_feeds(specs, seed=seed))
+    sessions, feeds = [], []
+    for stage, path in zip(manifest["stages"], stage_paths(outdir, manifest)):
+        sessions.append(make_session(path, provider=stage["provider"], provider_options=stage["provider_options"], threads=1))
+        feeds.append({i["name"]: env[i["name"]] for i in stage["inputs"]})
+    samples: list[list[float]] = [[] for _ in sessions]
+    for step in range(warmup + runs):
+        for k, (session, feed) in enumerate(zip(sessions, feeds)):
+            start = time.perf_counter()
+            session.run(None, feed)
+            if step >= warmup:
+                samples[k].append((time.perf_counter() - start) * 1e3)
+    return [StageTiming(k, stage["predicted"]["compute_ms"], float(np.median(samples[k])))
+            for k, stage in enumerate(manifest["stages"])]
