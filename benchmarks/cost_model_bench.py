@@ -4,7 +4,10 @@
 
 Each model is split with measured costs (onnxruntime profile, one thread);
 each stage model is then timed alone with one thread. The error is
-(predicted - measured) / measured of the stage's compute time.
+(predicted - measured) / measured of the stage's compute time. The original
+model is timed alongside the stages; "speed now" is its latency over the sum
+of the predictions, and the calibrated error scales predictions by it (this
+machine's speed drifts by tens of percent over minutes).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     table = Table(title=f"cost model: predicted vs measured stage compute (load {os.getloadavg()[0]:.1f})")
-    for col in ("model", "devices", "stages", "predicted ms", "measured ms", "error", "worst |error|"):
+    for col in ("model", "devices", "stages", "predicted ms", "measured ms", "error", "speed now", "calibrated error",
+                "worst |cal. error|"):
         table.add_column(col, justify="left" if col == "model" else "right")
     worst_all = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,14 +53,15 @@ def main() -> None:
                 out = Path(tmp) / f"{name}-{devices}"
                 result = split(path, out, devices=devices, input_shapes=shapes)
                 timings = time_stages(out, runs=args.runs)
-                worst = max(abs(t.error) for t in timings)
+                worst = max(abs(t.calibrated_error) for t in timings)
                 worst_all = max(worst_all, worst)
                 table.add_row(name, str(devices), str(len(result.manifest["stages"])),
                               " / ".join(f"{t.predicted_ms:.3f}" for t in timings),
                               " / ".join(f"{t.measured_ms:.3f}" for t in timings),
-                              " / ".join(f"{t.error:+.0%}" for t in timings), f"{worst:.0%}")
+                              " / ".join(f"{t.error:+.0%}" for t in timings), f"{timings[0].speed:.2f}",
+                              " / ".join(f"{t.calibrated_error:+.0%}" for t in timings), f"{worst:.0%}")
     Console().print(table)
-    print(f"worst stage error over all rows: {worst_all:.0%}")
+    print(f"worst calibrated stage error over all rows: {worst_all:.0%}")
 
 
 if __name__ == "__main__":

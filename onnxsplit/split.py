@@ -173,6 +173,7 @@ def split(
     force: bool = False,
     costs: str = "measure",
     profile_path: str | os.PathLike | None = None,
+    objective: str = "throughput",
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``."""
     start = time.perf_counter()
@@ -199,13 +200,21 @@ def split(
         plan = make_plan(graph, devices, full, list(range(len(cut.stages))), solver="user",
                          lower_bound=simple_lower_bound(graph, devices), contiguous=False)
     else:
-        plan = solve(graph, devices, solver=solver, time_limit=time_limit)
+        plan = solve(graph, devices, solver=solver, objective=objective, time_limit=time_limit)
         stage_map = {v: plan.stage_of[v] for v in range(graph.n) if v not in info.const}
         cut = cut_stages(info, stage_map)
         full = _full_stage_of(info, cut)
         device_of = [plan.stage_device[plan.stage_of[spec.own[0]]] for spec in cut.stages]
-        plan = make_plan(graph, devices, full, device_of, solver=plan.solver,
-                         lower_bound=plan.lower_bound, contiguous=plan.contiguous, notes=plan.notes)
+        solved = plan
+        plan = make_plan(graph, devices, full, device_of, solver=solved.solver,
+                         lower_bound=solved.lower_bound, contiguous=solved.contiguous, notes=solved.notes)
+        if solved.objective == "latency":
+            from dataclasses import replace
+
+            from onnxsplit.solve.latency import latency_of
+
+            latency = latency_of(graph, devices, plan)
+            plan = replace(plan, objective="latency", value=latency, lower_bound=min(solved.lower_bound, latency))
     if len(cut.stages) < devices.count:
         warnings.append(f"the plan uses {len(cut.stages)} of the {devices.count} devices asked for: "
                         "more would not lower the bottleneck (or the model has too few nodes)")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxsplit.manifest import load_manifest, stage_paths
+from onnxsplit.manifest import load_manifest, source_model_path, stage_paths
+from onnxsplit.model import load_model
 from onnxsplit.ortutil import make_session, random_feeds
 from onnxsplit.validate import run_stages
 
@@ -18,18 +19,28 @@ class StageTiming:
     stage: int
     predicted_ms: float  # the plan's compute time for the stage
     measured_ms: float  # median latency of the stage model alone
+    # How much slower the machine runs the whole original now than the predictions say it does:
+    # the same machine drifts by tens of percent over minutes (other tenants, clocks).
+    speed: float = 1.0
 
     @property
     def error(self) -> float:
         """Relative error of the prediction (positive: predicted too slow)."""
         return (self.predicted_ms - self.measured_ms) / self.measured_ms
 
+    @property
+    def calibrated_error(self) -> float:
+        """The error with the prediction scaled by the machine's speed now."""
+        return (self.predicted_ms * self.speed - self.measured_ms) / self.measured_ms
+
 
 def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: int = 0) -> list[StageTiming]:
     """Median single-thread latency of every stage on inputs from a chained run of random feeds.
 
-    Stages are timed round-robin, one run each in turn, so that a burst of
-    load from elsewhere on the machine slows them all alike.
+    Stages, and the original model, are timed round-robin, one run each in
+    turn, so that a burst of load from elsewhere on the machine slows them
+    all alike; the original's latency against the sum of the predictions
+    gives the machine's speed now (``StageTiming.speed``).
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
@@ -39,6 +50,9 @@ def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: in
     for stage, path in zip(manifest["stages"], stage_paths(outdir, manifest)):
         sessions.append(make_session(path, provider=stage["provider"], provider_options=stage["provider_options"], threads=1))
         feeds.append({i["name"]: env[i["name"]] for i in stage["inputs"]})
+    original = load_model(source_model_path(outdir, manifest))
+    sessions.append(make_session(original.proto.SerializeToString(), threads=1, external_folder=original.base_dir))
+    feeds.append({i["name"]: env[i["name"]] for i in manifest["inputs"]})
     samples: list[list[float]] = [[] for _ in sessions]
     for step in range(warmup + runs):
         for k, (session, feed) in enumerate(zip(sessions, feeds)):
@@ -46,5 +60,7 @@ def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: in
             session.run(None, feed)
             if step >= warmup:
                 samples[k].append((time.perf_counter() - start) * 1e3)
-    return [StageTiming(k, stage["predicted"]["compute_ms"], float(np.median(samples[k])))
+    predicted_total = sum(stage["predicted"]["compute_ms"] for stage in manifest["stages"])
+    speed = float(np.median(samples[-1])) / predicted_total if predicted_total > 0 else 1.0
+    return [StageTiming(k, stage["predicted"]["compute_ms"], float(np.median(samples[k])), speed)
             for k, stage in enumerate(manifest["stages"])]

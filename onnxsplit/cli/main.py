@@ -21,9 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onnxsplit.cli import costgraph_cmd, split_cmd, validate_cmd
-    from onnxsplit.cli import bench_cmd, run_cmd
-    from onnxsplit.cli import profile_cmd
+    from onnxsplit.cli import bench_cmd, costgraph_cmd, profile_cmd, run_cmd, solve_cmd, split_cmd, validate_cmd
 
     parser = _Parser(prog="onnxsplit", description="Split ONNX models across devices for pipelined inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -31,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     split_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)
     profile_cmd.add_parser(sub)
+    costgraph_cmd.add_parser(sub)
+    solve_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
-    costgraph_cmd.add_parser(sub)
     return parser
 
 

@@ -9,7 +9,10 @@ from rich.table import Table
 
 from onnxsplit.cli.common import parse_devices
 from onnxsplit.shapes import parse_input_shapes
-from onnxsplit.solve.select import SOLVERS
+from onnxsplit.solve.select import OBJECTIVES
+
+# Solvers whose plans are contiguous, so the stages form a pipeline.
+SPLIT_SOLVERS = ("auto", "dp", "ip", "linear", "greedy")
 
 
 def add_parser(sub) -> None:
@@ -24,7 +27,9 @@ def add_parser(sub) -> None:
                    help="measure node times with onnxruntime (cached) or estimate them from FLOPs (default measure)")
     p.add_argument("--profile", default=None, help="use this profile.json (e.g. measured on the target machine)")
     p.add_argument("--plan", default=None, help="use this plan (node name -> stage) instead of solving")
-    p.add_argument("--solver", default="auto", choices=SOLVERS, help="placement solver")
+    p.add_argument("--solver", default="auto", choices=SPLIT_SOLVERS,
+                   help="placement solver (default auto: the exact DP, falling back to the integer program)")
+    p.add_argument("--objective", default="throughput", choices=OBJECTIVES, help="what to optimise")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit in seconds")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.set_defaults(run=run)
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices, memory=args.device_memory)
     result = split(args.model, args.output, devices=devices, input_shapes=parse_input_shapes(args.input_shape),
                    plan_path=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
-                   costs=args.costs, profile_path=args.profile)
+                   costs=args.costs, profile_path=args.profile, objective=args.objective)
     console = Console(stderr=False)
     m, plan = result.manifest, result.plan
     bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])

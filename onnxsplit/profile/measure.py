@@ -52,7 +52,7 @@ import onnx
 
 from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
-from onnxsplit.model import Model, node_reads
+from onnxsplit.model import Model, node_reads, tensor_nbytes
 from onnxsplit.ortutil import dtype_name, make_session, random_feeds
 from onnxsplit.profile.estimate import estimate_node_ms, node_flops
 from onnxsplit.profile.store import NodeTime, Profile
@@ -68,6 +68,8 @@ _NODE_SUFFIXES = ("_nchwc",)
 # Graph::GenerateNodeName makes a taken name unique with this suffix.
 _UNIQUIFIER = re.compile(r"_token_\d+$")
 _KERNEL_EVENT = "_kernel_time"
+# Above this many bytes of weights, the plain and the profiling session are not held at once.
+ALTERNATE_LIMIT = 1 << 30
 # Activations onnxruntime fuses into the kernel before them (Conv, Gemm, NCHWc Conv with a residual Sum).
 _ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Elu", "Softplus"})
 
@@ -660,24 +662,32 @@ def profile_model(model: Model, *, input_shapes: dict[str, tuple[int, ...]],
 
     # Whole-model latency comes from a session without profiling (make_session checks the provider is
     # installed). Its runs alternate with the profiled session's, so that both see the same machine:
-    # another process taking a core for a while slows both alike.
+    # another process taking a core for a while slows both alike. A model whose weights would not fit
+    # twice in memory is timed by one session after the other instead.
+    alternate = sum(tensor_nbytes(t) for t in model.graph.initializer) < ALTERNATE_LIMIT
     with tempfile.TemporaryDirectory(prefix="onnxsplit-profile-") as tmp, _ort_errors(model):
+        latencies = []
         plain = make_session(model.proto.SerializeToString(), provider=provider, provider_options=options,
                              threads=threads, external_folder=model.base_dir)
+        if not alternate:
+            latencies = _timed_runs(plain, inputs, warmup=warmup, runs=runs, tick=tick)
+            del plain
         session, kernels, initializers = _profiled(model, Path(tmp), provider=provider, provider_options=options,
                                                    threads=threads)
         probe = OverheadProbe(Path(tmp), provider=provider, options=options, threads=threads)
-        latencies = []
         for i in range(warmup + runs):
-            latency = _timed_runs(plain, inputs, warmup=0, runs=1, tick=tick)
+            if alternate:
+                latency = _timed_runs(plain, inputs, warmup=0, runs=1, tick=tick)
+                if i >= warmup:
+                    latencies += latency
             _timed_runs(session, inputs, warmup=0, runs=1, tick=tick)
             probe.step()
-            if i >= warmup:
-                latencies += latency
         with open(session.end_profiling(), encoding="utf-8") as f:
             trace = json.load(f)
         overhead = probe.result()
-        del session, plain, probe
+        del session, probe
+        if alternate:
+            del plain
     end_to_end = float(np.median(latencies))
     _warn_if_busy()
     if kernels is None:

@@ -4,7 +4,11 @@ Timing checks run on the bundled models and the onnx package's light
 ResNet-50, each profiled twice. A shared machine (other processes holding
 cores) disturbs whole-run latency more than per-kernel medians; a timing
 check that fails while the machine is busy is measured again, and skipped
-with the reason if the machine stays busy. On an idle machine it must pass.
+with the reason if the machine stays busy. The two profiles are compared
+only when the machine ran at the same speed for both (their unprofiled
+end-to-end latencies agree); otherwise they are measured again, and the
+comparison is skipped with the reason if the speed keeps moving. A profile's
+node times must always add up to its own end-to-end latency.
 """
 
 from __future__ import annotations
@@ -70,6 +74,19 @@ def _busy() -> bool:
         return False
 
 
+def _drift(first: Profile, second: Profile) -> str | None:
+    """Why the two profiles cannot be compared, if the machine itself changed speed between them.
+
+    Each profile times the whole model without profiling, interleaved with
+    its profiled runs; when those two plain latencies differ, the machine
+    (another tenant, clock changes) moved, not the profiler.
+    """
+    a, b = first.end_to_end_ms, second.end_to_end_ms
+    if abs(a - b) > TOLERANCE * (a + b) / 2:
+        return f"the machine's own speed moved between the two profiles (end to end {a:.4f} vs {b:.4f} ms)"
+    return None
+
+
 def _timing_failures(first: Profile, second: Profile) -> list[str]:
     failures = []
     for p in (first, second):
@@ -77,7 +94,7 @@ def _timing_failures(first: Profile, second: Profile) -> list[str]:
         if abs(ratio - 1) > TOLERANCE:
             failures.append(f"node times add up to {p.total_ms:.4f} ms, end to end {p.end_to_end_ms:.4f} ms")
     mean = (first.total_ms + second.total_ms) / 2
-    if abs(first.total_ms - second.total_ms) > TOLERANCE * mean:
+    if _drift(first, second) is None and abs(first.total_ms - second.total_ms) > TOLERANCE * mean:
         failures.append(f"two profiles disagree: {first.total_ms:.4f} vs {second.total_ms:.4f} ms")
     return failures
 
@@ -86,14 +103,19 @@ def _timing_failures(first: Profile, second: Profile) -> list[str]:
 def test_times_add_up_and_repeat(case, profiles):
     first, second = profiles(case)
     failures = _timing_failures(first, second)
-    for _ in range(2):
-        if not failures or not _busy():
+    for _ in range(3):
+        if not failures and _drift(first, second) is None:
+            break
+        if failures and not _busy() and _drift(first, second) is None:
             break
         first, second = _profile(case), _profile(case)
         failures = _timing_failures(first, second)
     if failures and _busy():
         pytest.skip(f"machine busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): {failures[0]}")
     assert not failures, failures
+    drift = _drift(first, second)
+    if drift is not None:
+        pytest.skip(drift)
 
 
 @pytest.mark.parametrize("case", list(CASES))
