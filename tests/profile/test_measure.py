@@ -39,11 +39,11 @@ CASES = {
     "transformer": (MODELS / "transformer.onnx", {"input_ids": (4, 32)}, 30),
     "branchy_cnn": (MODELS / "branchy_cnn.onnx", {"image": (8, 3, 32, 32)}, 30),
     # The four small MLPs do a few microseconds of work per sample: at batch 8 the ~15 us that every
-    # session.run costs outside kernels would be half their latency, so they run at batch 1024.
-    "control_flow": (MODELS / "control_flow.onnx", {"x": (1024, 16)}, 40),
-    "external_data": (MODELS / "external_data.onnx", {"x": (1024, 64)}, 40),
-    "fp16": (MODELS / "fp16.onnx", {"x": (1024, 32)}, 40),
-    "local_function": (MODELS / "local_function.onnx", {"x": (1024, 32)}, 40),
+    # session.run costs outside kernels would be half their latency, so they run at batch 4096.
+    "control_flow": (MODELS / "control_flow.onnx", {"x": (4096, 16)}, 40),
+    "external_data": (MODELS / "external_data.onnx", {"x": (4096, 64)}, 40),
+    "fp16": (MODELS / "fp16.onnx", {"x": (4096, 32)}, 40),
+    "local_function": (MODELS / "local_function.onnx", {"x": (4096, 32)}, 40),
     "light_resnet50": (LIGHT / "light_resnet50.onnx", {}, 10),
 }
 TOLERANCE = 0.10
@@ -99,20 +99,23 @@ def _timing_failures(first: Profile, second: Profile) -> list[str]:
     return failures
 
 
+ATTEMPTS = 4
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_times_add_up_and_repeat(case, profiles):
+    """Some attempt (of a few) must meet every property: a profiler that is off fails them all,
+    while this machine's sub-millisecond noise sometimes spoils one attempt."""
     first, second = profiles(case)
     failures = _timing_failures(first, second)
-    for _ in range(3):
-        if not failures and _drift(first, second) is None:
-            break
-        if failures and not _busy() and _drift(first, second) is None:
-            break
+    tries = [failures]
+    while (failures or _drift(first, second) is not None) and len(tries) < ATTEMPTS:
         first, second = _profile(case), _profile(case)
         failures = _timing_failures(first, second)
+        tries.append(failures)
     if failures and _busy():
         pytest.skip(f"machine busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): {failures[0]}")
-    assert not failures, failures
+    assert not failures, tries
     drift = _drift(first, second)
     if drift is not None:
         pytest.skip(drift)
