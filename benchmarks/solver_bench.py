@@ -3,8 +3,20 @@
 Run from the repository root:
 
     python benchmarks/solver_bench.py [--repeats 5] [--graphs gnmt bert] [--json out.json]
+        [--ip-time-limit 60] [--no-ip] [--local-time-limit 10]
+    python benchmarks/solver_bench.py --scale [--layers 56] [--scale-costs measure]
 
-Prints one row per reference graph. Each solver contributes a *measure*: a
+Prints one row per reference graph: the exact DP (timed over ``--repeats``),
+the contiguous integer program and the non-contiguous one, both warm-started
+from the DP plan and run once under ``--ip-time-limit`` (skip both with
+``--no-ip``: they take minutes over all graphs), and the linear, greedy,
+local-search and expert baselines' values.
+
+``--scale`` instead splits a generated deep transformer (``--layers 56`` is
+about 10,500 nodes) end to end with ``onnxsplit.split.split`` on 4 devices,
+too big for the exact DP, and prints one row: nodes, the relaxed lattice's
+size, split seconds and the plan's value, bound and gap.
+ Each solver contributes a *measure*: a
 function that takes a :class:`Case` and returns a dict of values for the row,
 and a list of :class:`Column` entries saying how to show them. To add a
 solver, write ``my_measure(case) -> dict`` and append it with its columns to
@@ -17,8 +29,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +40,15 @@ from typing import Any, Callable
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
+from onnxsplit.errors import OnnxSplitError
 from onnxsplit.paperformat import load_paper
 from onnxsplit.solve.dp import DPTooLarge, solve_dp_with_stats
-from onnxsplit.solve.plan import check_plan
+from onnxsplit.solve.plan import Plan, check_plan
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference-graphs"
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference-graphs"
+# Relative slack when comparing one solver's value or bound with the DP optimum.
+TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,11 @@ class Case:
     devices: Devices
     expected: dict[str, Any]
     repeats: int
+    ip_time_limit: float = 60.0
+    local_time_limit: float = 10.0
+    expert: Path | None = None  # the expert split expected.json names for this graph
+    # Results one measure leaves for another (the DP plan the integer programs start from).
+    shared: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,8 +118,10 @@ def dp_measure(case: Case) -> dict[str, Any]:
     try:
         (plan, stats), times = timed(lambda: solve_dp_with_stats(case.graph, case.devices), case.repeats)
     except DPTooLarge as exc:
+        case.shared["dp_plan"] = None
         return {"dp_error": str(exc)}
     check_plan(case.graph, case.devices, plan)
+    case.shared["dp_plan"] = plan
     expected = case.expected.get("dp_optimum")
     ok = expected is None or math.isclose(plan.value, expected, rel_tol=1e-6)
     return {
@@ -109,6 +134,86 @@ def dp_measure(case: Case) -> dict[str, Any]:
         "dp_s_min": min(times),
         "dp_stages": plan.num_stages,
     }
+
+
+def dp_plan(case: Case) -> Plan | None:
+    """The DP plan, from dp_measure when it ran, else solved once here (None when too large)."""
+    if "dp_plan" not in case.shared:
+        try:
+            case.shared["dp_plan"] = solve_dp_with_stats(case.graph, case.devices)[0]
+        except DPTooLarge:
+            case.shared["dp_plan"] = None
+    return case.shared["dp_plan"]
+
+
+def _status(plan: Plan) -> str:
+    """The solver's end state from the IP's note ("optimal in 3.2 s"), and whether the start was kept."""
+    status = plan.notes[0].split(" in ")[0] if plan.notes else "?"
+    return status + (" (start kept)" if "warm start kept" in plan.notes else "")
+
+
+def _ip(case: Case, *, contiguous: bool, prefix: str) -> tuple[Plan | None, dict[str, Any]]:
+    """One integer program run, warm-started from the DP plan; (plan, row values)."""
+    from onnxsplit.solve.ip import solve_ip  # needs python-mip: only imported when an IP is asked for
+
+    warm = dp_plan(case)
+    start = time.perf_counter()
+    try:
+        plan = solve_ip(case.graph, case.devices, contiguous=contiguous, time_limit=case.ip_time_limit,
+                        warm_start=warm)
+    except (OnnxSplitError, ImportError) as exc:
+        return None, {f"{prefix}_error": str(exc)}
+    seconds = time.perf_counter() - start
+    check_plan(case.graph, case.devices, plan, contiguous=contiguous or None)
+    row: dict[str, Any] = {prefix: plan.value, f"{prefix}_bound": plan.lower_bound, f"{prefix}_s": seconds,
+                           f"{prefix}_status": _status(plan)}
+    if warm is None:
+        row[f"{prefix}_status"] += " (no DP start)"
+    return plan, row
+
+
+def ip_measure(case: Case) -> dict[str, Any]:
+    """The contiguous ideal-chain IP: with the DP's start, it must agree with the DP optimum."""
+    plan, row = _ip(case, contiguous=True, prefix="ip")
+    dp = dp_plan(case)
+    if plan is not None and dp is not None:
+        # The DP is exact over the same plans: the IP cannot beat it, and its bound cannot pass it.
+        ok = plan.value >= dp.value * (1 - TOL) and plan.lower_bound <= dp.value * (1 + TOL)
+        row["ip_ok"] = "yes" if ok else "NO"
+    return row
+
+
+def ip_noncontiguous_measure(case: Case) -> dict[str, Any]:
+    """Any placement (stages need not form a pipeline order); its bound holds for every plan."""
+    plan, row = _ip(case, contiguous=False, prefix="ipnc")
+    if plan is not None:
+        row["ipnc_gap"] = plan.gap
+    return row
+
+
+def _baseline(case: Case, key: str, run: Callable[[], Plan]) -> dict[str, Any]:
+    try:
+        plan = run()
+        check_plan(case.graph, case.devices, plan)
+    except OnnxSplitError as exc:
+        return {f"{key}_error": str(exc)}
+    return {key: plan.value}
+
+
+def baselines_measure(case: Case) -> dict[str, Any]:
+    from onnxsplit.solve.greedy import evaluate_expert, solve_greedy
+    from onnxsplit.solve.linear import solve_linear
+    from onnxsplit.solve.local import solve_local
+
+    graph, devices = case.graph, case.devices
+    row: dict[str, Any] = {}
+    row.update(_baseline(case, "linear", lambda: solve_linear(graph, devices)))
+    row.update(_baseline(case, "greedy", lambda: solve_greedy(graph, devices)))
+    row.update(_baseline(case, "local", lambda: solve_local(graph, devices, time_limit=case.local_time_limit)))
+    if case.expert is not None:
+        expert = case.expert
+        row.update(_baseline(case, "expert", lambda: evaluate_expert(graph, devices, expert)))
+    return row
 
 
 MEASURES: list[Measure] = [
@@ -136,7 +241,41 @@ MEASURES: list[Measure] = [
             Column("ref_dp_s", "ref C++ DP s"),
         ],
     ),
+    Measure(
+        "ip",
+        ip_measure,
+        [
+            Column("ip", "IP", "{:.6f}"),
+            Column("ip_bound", "IP bound", "{:.6f}"),
+            Column("ip_ok", "IP=DP"),
+            Column("ip_s", "IP s", "{:.1f}"),
+            Column("ip_status", "IP status", justify="left"),
+        ],
+    ),
+    Measure(
+        "ip_noncontiguous",
+        ip_noncontiguous_measure,
+        [
+            Column("ipnc", "IP-nc", "{:.6f}"),
+            Column("ipnc_bound", "IP-nc bound", "{:.6f}"),
+            Column("ipnc_gap", "IP-nc gap", "{:.2%}"),
+            Column("ipnc_s", "IP-nc s", "{:.1f}"),
+            Column("ipnc_status", "IP-nc status", justify="left"),
+        ],
+    ),
+    Measure(
+        "baselines",
+        baselines_measure,
+        [
+            Column("linear", "linear", "{:.4f}"),
+            Column("greedy", "greedy", "{:.4f}"),
+            Column("local", "local (nc)", "{:.4f}"),
+            Column("expert", "expert", "{:.4f}"),
+        ],
+    ),
 ]
+# Measures --no-ip leaves out.
+IP_MEASURES = ("ip", "ip_noncontiguous")
 
 
 def warm_up() -> None:
@@ -151,7 +290,8 @@ def warm_up() -> None:
     solve_dp_with_stats(graph, devices)
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[Column]) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[Column],
+                title: str = "Contiguous throughput solvers on the reference graphs") -> None:
     try:
         from rich.console import Console
         from rich.table import Table
@@ -161,7 +301,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[Column]) -> None:
         for line in cells:
             print("  ".join(s.ljust(w) if c.justify == "left" else s.rjust(w) for s, w, c in zip(line, widths, columns)))
         return
-    table = Table(title="Contiguous throughput solvers on the reference graphs")
+    table = Table(title=title)
     for c in columns:
         table.add_column(c.header, justify=c.justify, no_wrap=True)
     for r in rows:
@@ -174,6 +314,73 @@ def print_table(rows: list[dict[str, Any]], columns: list[Column]) -> None:
     console.print(table)
 
 
+# ----------------------------------------------------------------------------- --scale
+
+
+SCALE_COLUMNS = [
+    Column("model", "model", justify="left"),
+    Column("nodes", "nodes"),
+    Column("light", "light"),
+    Column("coarse_nodes", "coarse (relaxed)"),
+    Column("ideals", "ideals (relaxed)"),
+    Column("relaxed_dp_s", "relaxed DP s", "{:.2f}"),
+    Column("costs", "costs"),
+    Column("split_s", "split s", "{:.1f}"),
+    Column("solver", "solver", justify="left"),
+    Column("stages", "stages"),
+    Column("value", "objective", "{:.6g}"),
+    Column("lower_bound", "lower bound", "{:.6g}"),
+    Column("gap", "gap", "{:.3%}"),
+]
+
+
+def scale_row(layers: int, *, devices: int, input_shapes: dict[str, tuple[int, ...]], costs: str,
+              time_limit: float) -> tuple[dict[str, Any], list[str]]:
+    """Split a generated deep transformer end to end; (row, notes to print under the table)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_models
+
+    from onnxsplit.solve.relax import light_nodes, relax
+    from onnxsplit.split import split
+
+    row: dict[str, Any] = {"model": f"deep_transformer({layers})", "costs": costs}
+    with tempfile.TemporaryDirectory(prefix="onnxsplit-scale-") as tmp:
+        path = Path(tmp) / "deep_transformer.onnx"
+        make_models.save(make_models.make_deep_transformer(layers), path)
+        # A fresh profile cache: a profile left by an earlier run would hide the measuring time.
+        old_cache = os.environ.get("ONNXSPLIT_CACHE")
+        os.environ["ONNXSPLIT_CACHE"] = str(Path(tmp) / "cache")
+        try:
+            start = time.perf_counter()
+            result = split(path, Path(tmp) / "out", devices=devices, input_shapes=input_shapes, costs=costs,
+                           time_limit=time_limit)
+            row["split_s"] = time.perf_counter() - start
+        finally:
+            if old_cache is None:
+                os.environ.pop("ONNXSPLIT_CACHE", None)
+            else:
+                os.environ["ONNXSPLIT_CACHE"] = old_cache
+    plan, graph = result.plan, result.graph
+    row.update(nodes=graph.n, solver=plan.solver, stages=plan.num_stages, value=plan.value,
+               lower_bound=plan.lower_bound, gap=plan.gap)
+    # The lattice the fallback solved: the split's own cost graph with the light nodes made free.
+    # Solved again here, outside the timed split, for its statistics.
+    light = light_nodes(graph)
+    row["light"] = len(light)
+    try:
+        _, stats = solve_dp_with_stats(relax(graph, light), result.devices)
+        row.update(coarse_nodes=stats.coarse_nodes, ideals=stats.ideals, relaxed_dp_s=stats.seconds)
+    except DPTooLarge as exc:
+        row["relaxed_dp_error"] = str(exc)
+    notes = [f"plan note: {n}" for n in plan.notes] + [f"warning: {w}" for w in result.warnings]
+    return row, notes
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.partition(":")
+    return name, tuple(int(d) for d in dims.split("x"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="folder with the reference graphs")
@@ -181,18 +388,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graphs", nargs="*", default=[], help="substrings selecting graphs")
     parser.add_argument("--measures", nargs="*", default=[], help="names of measures to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--ip-time-limit", type=float, default=60.0,
+                        help="seconds for each integer program run (contiguous and non-contiguous)")
+    parser.add_argument("--no-ip", action="store_true", help="skip the integer programs (minutes over all graphs)")
+    parser.add_argument("--local-time-limit", type=float, default=10.0, help="seconds for the local search")
+    scale = parser.add_argument_group("--scale: one end-to-end split of a generated deep transformer")
+    scale.add_argument("--scale", action="store_true", help="run the scale table instead of the reference graphs")
+    scale.add_argument("--layers", type=int, default=56, help="transformer layers (56: about 10,500 nodes)")
+    scale.add_argument("--scale-devices", type=int, default=4)
+    scale.add_argument("--scale-shape", default="input_ids:4x64", help="NAME:DxD input shape")
+    scale.add_argument("--scale-costs", choices=("measure", "estimate"), default="measure",
+                       help="node costs: measured with onnxruntime (what `split` does) or estimated")
+    scale.add_argument("--scale-time-limit", type=float, default=60.0, help="the split's solver time limit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    expected = json.loads((args.reference / "expected.json").read_text())["graphs"]
-    measures = [m for m in MEASURES if not args.measures or m.name in args.measures or m.name == "reference"]
+    if args.scale:
+        name, dims = _shape(args.scale_shape)
+        row, notes = scale_row(args.layers, devices=args.scale_devices, input_shapes={name: dims},
+                               costs=args.scale_costs, time_limit=args.scale_time_limit)
+        print_table([row], SCALE_COLUMNS,
+                    title=f"onnxsplit split --devices {args.scale_devices} on a generated deep transformer")
+        for note in notes:
+            print(note)
+        for key, value in row.items():
+            if key.endswith("_error"):
+                print(f"{key}: {value}", file=sys.stderr)
+        if args.json:
+            args.json.write_text(json.dumps([row], indent=2, default=str))
+        return 0
+
+    doc = json.loads((args.reference / "expected.json").read_text())
+    expected = doc["graphs"]
+    # expected.json maps each expert split file to the graph it splits.
+    experts = {graph: args.reference / split for split, graph in doc.get("expert_splits", {}).items()}
+    measures = [m for m in MEASURES if (not args.measures or m.name in args.measures or m.name == "reference")
+                and not (args.no_ip and m.name in IP_MEASURES)]
     warm_up()
     rows = []
     for name in sorted(expected):
         if args.graphs and not any(g in name for g in args.graphs):
             continue
         graph, devices = load_paper(args.reference / name)
-        case = Case(name, graph, devices, expected[name], args.repeats)
+        case = Case(name, graph, devices, expected[name], args.repeats, ip_time_limit=args.ip_time_limit,
+                    local_time_limit=args.local_time_limit, expert=experts.get(name))
         row: dict[str, Any] = {}
         for m in measures:
             row.update(m.run(case))

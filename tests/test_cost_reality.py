@@ -29,4 +29,7 @@ def test_two_stage_predictions_within_25_percent(tmp_path):
         pytest.skip(f"machine busy (load {os.getloadavg()[0]:.1f}): {bad}")
     assert not bad, [(t.stage, round(t.predicted_ms, 3), round(t.measured_ms, 3), round(t.speed, 3)) for t in timings]
     # The machine's speed itself must be near what the profile saw, or the calibration hides a broken profile.
+    if not 0.5 < timings[0].speed < 2.0 and _busy():
+        pytest.skip(f"machine busy (load {os.getloadavg()[0]:.1f}): it runs the model {timings[0].speed:.2f}x "
+                    "slower than when profiled")
     assert 0.5 < timings[0].speed < 2.0

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxsplit.cli.common import parse_devices
+from onnxsplit.errors import UsageError
 from onnxsplit.shapes import parse_input_shapes
 from onnxsplit.solve.select import OBJECTIVES
 
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", default="throughput", choices=OBJECTIVES, help="what to optimise")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit in seconds")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
     p.set_defaults(run=run)
 
 
@@ -43,9 +46,20 @@ def run(args: argparse.Namespace) -> int:
     from onnxsplit.split import split
 
     devices = parse_devices(args.devices, memory=args.device_memory)
-    result = split(args.model, args.output, devices=devices, input_shapes=parse_input_shapes(args.input_shape),
-                   plan_path=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
-                   costs=args.costs, profile_path=args.profile, objective=args.objective)
+    options = dict(devices=devices, input_shapes=parse_input_shapes(args.input_shape), plan_path=args.plan,
+                   solver=args.solver, time_limit=args.time_limit, force=args.force, costs=args.costs,
+                   profile_path=args.profile, objective=args.objective)
+    rounds = []
+    if args.refine < 0:
+        raise UsageError(f"--refine must be 0 or more, got {args.refine}")
+    if args.refine:
+        if args.plan:
+            raise UsageError("--refine re-plans; it cannot be combined with --plan")
+        from onnxsplit.refine import refine_split
+
+        result, rounds = refine_split(args.model, args.output, rounds=args.refine, **options)
+    else:
+        result = split(args.model, args.output, **options)
     console = Console(stderr=False)
     m, plan = result.manifest, result.plan
     bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])
@@ -62,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"predicted bottleneck {plan.value:.4f} ms (lower bound {plan.lower_bound:.4f}, gap {plan.gap:.1%}); "
                   f"split in {result.seconds:.2f} s")
+    for r in rounds:
+        console.print(f"refine round {r.index}: predicted bottleneck {r.predicted_bottleneck_ms:.4f} ms, measured "
+                      f"{r.measured_bottleneck_ms:.4f} ms, {r.samples_per_s:.1f} samples/s" + (" (kept)" if r.kept else ""))
     for w in result.warnings:
         console.print(f"[bold yellow]WARNING:[/] {w}")
     return 0

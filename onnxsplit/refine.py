@@ -1,0 +1,96 @@
+"""Closing the loop: re-plan from measured stage times.
+
+After a first split, the pipeline runs briefly; every node's cost is scaled
+by its stage's measured / predicted compute ratio, the plan is solved again,
+and the split with the best measured throughput is kept. Each round's
+predicted and measured bottleneck go into plan.json under "refine".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from onnxsplit.costgraph import CostGraph
+from onnxsplit.manifest import write_json_atomic
+from onnxsplit.rewrite.extract import copy_tree_atomic
+from onnxsplit.solve.plan import stage_loads
+from onnxsplit.solve.select import solve
+from onnxsplit.split import SplitResult, split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Round:
+    index: int
+    predicted_bottleneck_ms: float  # the plan's max stage load under this round's costs
+    measured_bottleneck_ms: float  # the slowest stage's measured time per request
+    samples_per_s: float
+    kept: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _measure(outdir: Path, seconds: float) -> tuple[float, list[float]]:
+    """Pipeline throughput and each stage's mean compute time per request."""
+    from onnxsplit.runtime.bench import bench
+
+    result = bench(outdir, seconds=seconds, warmup=min(0.5, seconds), rounds=1)
+    return result.pipeline.samples_per_s, [s.measured_ms for s in result.stages]
+
+
+def scale_by_stage(graph: CostGraph, stage_of: tuple[int, ...], ratios: list[float]) -> CostGraph:
+    """Each node's compute multiplied by its stage's measured / predicted ratio."""
+    compute = {k: tuple(t * ratios[stage_of[v]] for v, t in enumerate(times)) for k, times in graph.compute.items()}
+    return replace(graph, compute=compute)
+
+
+def refine_split(model_path: str | os.PathLike, outdir: str | os.PathLike, *, rounds: int, seconds: float = 1.0,
+                 **split_options: Any) -> tuple[SplitResult, list[Round]]:
+    """Split, then up to ``rounds`` times re-solve with measured stage ratios; keep the fastest split."""
+    outdir = Path(outdir)
+    result = split(model_path, outdir, **split_options)
+    devices = result.devices
+    best_throughput, measured = _measure(outdir, seconds)
+    history = [Round(0, result.plan.value, max(measured), best_throughput, True)]
+    # Costs as the measurements so far say; the plan last measured, and its stage times.
+    graph, plan = result.graph, result.plan
+    options = {k: v for k, v in split_options.items() if k not in ("force", "plan_path")}
+    for r in range(1, rounds + 1):
+        predicted = [sl.compute for sl in stage_loads(graph, devices, plan.stage_of, plan.stage_device)]
+        ratios = [m / p if p > 0 else 1.0 for m, p in zip(measured, predicted)]
+        graph = scale_by_stage(graph, plan.stage_of, ratios)
+        new_plan = solve(graph, devices, solver=split_options.get("solver", "auto"),
+                         time_limit=split_options.get("time_limit", 60.0))
+        if new_plan.stage_of == plan.stage_of:
+            log.info("refine round %d: the plan did not change; stopping", r)
+            break
+        trial = outdir.with_name(f".{outdir.name}.refine{r}")
+        shutil.rmtree(trial, ignore_errors=True)
+        plan_file = outdir.with_name(f".{outdir.name}.refine{r}.json")
+        plan_file.write_text(json.dumps({graph.names[v]: new_plan.stage_of[v] for v in range(graph.n)}))
+        try:
+            candidate = split(model_path, trial, plan_path=plan_file, **options)
+            throughput, measured = _measure(trial, seconds)
+            kept = throughput > best_throughput
+            history.append(Round(r, new_plan.value, max(measured), throughput, kept))
+            log.info("refine round %d: predicted %.4f ms, measured %.4f ms, %.1f samples/s%s", r, new_plan.value,
+                     max(measured), throughput, " (kept)" if kept else "")
+            if kept:
+                copy_tree_atomic(trial, outdir, force=True)
+                best_throughput, result = throughput, candidate
+        finally:
+            shutil.rmtree(trial, ignore_errors=True)
+            plan_file.unlink(missing_ok=True)
+        plan = candidate.plan
+    doc = json.loads((outdir / "plan.json").read_text())
+    doc["refine"] = [h.as_dict() for h in history]
+    write_json_atomic(outdir / "plan.json", doc)
+    return result, history

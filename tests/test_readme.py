@@ -1,0 +1,31 @@
+"""The README's quick start, run as written (minus the install step)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from conftest import ROOT
+from onnxsplit.cli.main import main
+
+
+def _quick_start_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start.*?```sh\n(.*?)```", text, re.S).group(1)
+    commands = []
+    for part in block.replace("\n", " ").split("&&"):
+        words = shlex.split(part)
+        if words and words[0].endswith("onnxsplit"):
+            commands.append(words[1:])
+    return commands
+
+
+def test_quick_start_splits_and_validates(tmp_path, monkeypatch, capsys):
+    commands = _quick_start_commands()
+    assert [c[0] for c in commands] == ["split", "validate"]
+    monkeypatch.chdir(ROOT)
+    # Written where the README says, but inside the test's folder.
+    for words in commands:
+        words = [str(tmp_path / w) if w.startswith("out/") else w for w in words]
+        assert main(words) == 0, capsys.readouterr()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "PASSED"
