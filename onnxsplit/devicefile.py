@@ -8,6 +8,7 @@
     name = "gpu"
     count = 4
     memory = "80GB"             # bytes
+    overhead = "2GB"            # taken by the runtime itself; the model gets memory - overhead
     provider = "cuda"           # cpu, cuda, or an onnxruntime provider name
     device_ids = [0, 1, 2, 3]   # sets each device's device_id provider option
     threads = 1
@@ -41,7 +42,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
              "rocm": "ROCMExecutionProvider", "dml": "DmlExecutionProvider"}
 _SIZE = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-KIND_KEYS = {"name", "count", "memory", "provider", "provider_options", "device_ids", "threads", "speed", "profile"}
+KIND_KEYS = {"name", "count", "memory", "overhead", "provider", "provider_options", "device_ids", "threads", "speed",
+             "profile"}
 
 
 def provider_name(text: str) -> str:
@@ -134,6 +136,15 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
             raise fail("memory", str(exc)) from None
         if memory <= 0:
             raise fail("memory", f"must be positive, got {table['memory']!r}")
+    if "overhead" in table:
+        try:
+            overhead = _quantity(table["overhead"], _SIZE, "a size like '512MB'")
+        except ValueError as exc:
+            raise fail("overhead", str(exc)) from None
+        if overhead < 0 or overhead >= memory:
+            raise fail("overhead", f"must be at least 0 and below the memory, got {table['overhead']!r}")
+        # What the runtime itself takes (session, arena, CUDA context) is not there for the model.
+        memory -= overhead
     threads = table.get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise fail("threads", f"must be a positive integer, got {threads!r}")

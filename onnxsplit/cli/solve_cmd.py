@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="auto", choices=("auto", "onnxsplit", "paper"), help="file format (default: detect)")
     p.add_argument("--objective", default="throughput", choices=OBJECTIVES)
     p.add_argument("--solver", default="auto", choices=SOLVERS)
+    p.add_argument("--mip-solver", default="cbc", choices=("cbc", "highs"),
+                   help="integer program backend (default cbc, bundled; highs needs highspy and highsbox)")
     p.add_argument("--non-contiguous", action="store_true", help="let the integer program place nodes freely")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for solvers that can stop early")
     p.add_argument("--expert", default=None, help="an expert split file (paper format), with --solver expert")
@@ -61,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.non_contiguous and args.solver not in ("ip", "auto"):
         raise UsageError("--non-contiguous applies to the integer program (--solver ip)")
     solver = "ip" if args.non_contiguous and args.solver == "auto" else args.solver
-    plan = solve(graph, devices, solver=solver, objective=args.objective, time_limit=args.time_limit,
-                 contiguous=not args.non_contiguous, expert=args.expert)
+    with Console(stderr=True).status(f"solving ({solver}, time limit {args.time_limit:g} s)..."):
+        plan = solve(graph, devices, solver=solver, objective=args.objective, time_limit=args.time_limit,
+                     contiguous=not args.non_contiguous, expert=args.expert, mip_solver=args.mip_solver)
     loads = stage_loads(graph, devices, plan.stage_of, plan.stage_device)
     kinds = devices.expanded()
     rows = []

@@ -52,14 +52,15 @@ def run(args: argparse.Namespace) -> int:
     rounds = []
     if args.refine < 0:
         raise UsageError(f"--refine must be 0 or more, got {args.refine}")
-    if args.refine:
-        if args.plan:
-            raise UsageError("--refine re-plans; it cannot be combined with --plan")
-        from onnxsplit.refine import refine_split
+    if args.refine and args.plan:
+        raise UsageError("--refine re-plans; it cannot be combined with --plan")
+    with Console(stderr=True).status("profiling, solving and writing stages..."):
+        if args.refine:
+            from onnxsplit.refine import refine_split
 
-        result, rounds = refine_split(args.model, args.output, rounds=args.refine, **options)
-    else:
-        result = split(args.model, args.output, **options)
+            result, rounds = refine_split(args.model, args.output, rounds=args.refine, **options)
+        else:
+            result = split(args.model, args.output, **options)
     console = Console(stderr=False)
     m, plan = result.manifest, result.plan
     bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])

@@ -135,8 +135,13 @@ def solve(
     time_limit: float = 60.0,
     contiguous: bool = True,
     expert: str | None = None,
+    mip_solver: str = "cbc",
 ) -> Plan:
-    """Run the named solver. Every plan comes back scored from scratch with its lower bound."""
+    """Run the named solver. Every plan comes back scored from scratch with its lower bound.
+
+    ``mip_solver`` names python-mip's backend for the integer programs: ``cbc``
+    (bundled) or ``highs`` (needs the highspy and highsbox packages).
+    """
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
     if objective not in OBJECTIVES:
@@ -156,7 +161,7 @@ def solve(
         from onnxsplit.solve.latency import solve_latency_ip
 
         warm = _heuristic(graph, devices)
-        return solve_latency_ip(graph, devices, time_limit=time_limit, warm_start=warm)
+        return solve_latency_ip(graph, devices, time_limit=time_limit, warm_start=warm, solver_name=mip_solver)
     if solver == "auto":
         return _auto_throughput(graph, devices, time_limit=time_limit)
     if solver == "dp":
@@ -173,7 +178,8 @@ def solve(
             warm = min(warm, solve_dp(graph, devices, time_limit=time_limit / 4), key=lambda p: p.value)
         except (DPTooLarge, InfeasibleError):
             pass
-        return solve_ip(graph, devices, contiguous=contiguous, time_limit=time_limit, warm_start=warm)
+        return solve_ip(graph, devices, contiguous=contiguous, time_limit=time_limit, warm_start=warm,
+                        solver_name=mip_solver)
     if solver == "linear":
         return solve_linear(graph, devices)
     if solver == "greedy":
