@@ -8,7 +8,6 @@ them and every later step reaches a tensor's bytes through
 from __future__ import annotations
 
 import hashlib
-import heapq
 import logging
 import os
 from collections import defaultdict
@@ -20,6 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from onnxsplit.dag import topological_order
 from onnxsplit.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -179,24 +179,9 @@ def _toposort(graph: onnx.GraphProto, where: Path) -> None:
     self_loops = [nodes[i].name for i, node in enumerate(nodes) if any(producer.get(r) == i for r in node_reads(node))]
     if self_loops:
         raise ModelError(f"{where}: the graph has a cycle: node {self_loops[0]!r} reads its own output")
-    indeg = [len(d) for d in deps]
-    succ: list[list[int]] = [[] for _ in nodes]
-    for i, d in enumerate(deps):
-        for j in d:
-            succ[j].append(i)
-    ready = [i for i in range(len(nodes)) if indeg[i] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for j in succ[i]:
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                heapq.heappush(ready, j)
-    if len(order) != len(nodes):
-        stuck = [nodes[i].name for i in range(len(nodes)) if indeg[i] > 0]
-        raise ModelError(f"{where}: the graph has a cycle through nodes {stuck[:6]}")
+    order, stuck = topological_order(range(len(nodes)), [(j, i) for i, d in enumerate(deps) for j in d])
+    if stuck:
+        raise ModelError(f"{where}: the graph has a cycle through nodes {[nodes[i].name for i in stuck][:6]}")
     if order != list(range(len(nodes))):
         del graph.node[:]
         graph.node.extend(nodes[i] for i in order)

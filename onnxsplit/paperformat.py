@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph, Tensor
+from onnxsplit.dag import topological_order
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import ModelError
 
@@ -24,27 +25,9 @@ CPU = "cpu"
 
 
 def _topological(ids: list[int], edges: list[tuple[int, int]], where: str) -> list[int]:
-    """Kahn's algorithm, smallest id first so the order is deterministic."""
-    import heapq
-
-    indeg = {i: 0 for i in ids}
-    succ: dict[int, list[int]] = defaultdict(list)
-    for u, v in edges:
-        succ[u].append(v)
-        indeg[v] += 1
-    ready = [i for i in ids if indeg[i] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        u = heapq.heappop(ready)
-        order.append(u)
-        for v in succ[u]:
-            indeg[v] -= 1
-            if indeg[v] == 0:
-                heapq.heappush(ready, v)
-    if len(order) != len(ids):
-        stuck = sorted(i for i in ids if indeg[i] > 0)[:5]
-        raise ModelError(f"{where}: the graph has a cycle through nodes {stuck}")
+    order, stuck = topological_order(ids, edges)
+    if stuck:
+        raise ModelError(f"{where}: the graph has a cycle through nodes {stuck[:5]}")
     return order
 
 

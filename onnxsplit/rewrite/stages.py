@@ -7,9 +7,9 @@ that it can be cut (no stage feeds an earlier one) and orders stages.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
+from onnxsplit.dag import topological_order
 from onnxsplit.errors import PlanError
 from onnxsplit.graphinfo import GraphInfo
 
@@ -89,23 +89,8 @@ def cut_stages(info: GraphInfo, stage_of: dict[int, int]) -> Cut:
             if stage_of[p] != s:
                 edges.setdefault((stage_of[p], s), (p, v))
     labels = sorted({s for v, s in stage_of.items() if v not in info.const})
-    indeg = {s: 0 for s in labels}
-    succ: dict[int, set[int]] = {s: set() for s in labels}
-    for a, b in edges:
-        if b not in succ[a]:
-            succ[a].add(b)
-            indeg[b] += 1
-    ready = [s for s in labels if indeg[s] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        s = heapq.heappop(ready)
-        order.append(s)
-        for t in sorted(succ[s]):
-            indeg[t] -= 1
-            if indeg[t] == 0:
-                heapq.heappush(ready, t)
-    if len(order) != len(labels):
+    order, stuck = topological_order(labels, edges)
+    if stuck:
         raise PlanError(f"the plan makes stages feed each other: {_stage_cycle(edges, info.names)}")
     renumber = {s: i for i, s in enumerate(order)}
     final = {v: renumber[s] for v, s in stage_of.items() if v not in info.const}

@@ -21,12 +21,12 @@ and expanded back is optimal for the original graph:
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 from dataclasses import dataclass
 
 from onnxsplit.costgraph import CostGraph, Tensor
+from onnxsplit.dag import UnionFind, topological_order
 from onnxsplit.devices import Devices
 
 log = logging.getLogger(__name__)
@@ -63,24 +63,7 @@ def memory_never_binds(graph: CostGraph, devices: Devices) -> bool:
     return True
 
 
-class _Union:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, v: int) -> int:
-        while self.parent[v] != v:
-            self.parent[v] = self.parent[self.parent[v]]
-            v = self.parent[v]
-        return v
-
-    def union(self, a: int, b: int) -> int:
-        a, b = self.find(a), self.find(b)
-        if a != b:
-            # Keep the smaller id as representative so results are deterministic.
-            if b < a:
-                a, b = b, a
-            self.parent[b] = a
-        return a
+_Union = UnionFind
 
 
 def _condense(n: int, edges: list[tuple[int, int]], uf: _Union) -> None:
@@ -309,24 +292,8 @@ def coarsen(graph: CostGraph, devices: Devices | None = None, *, fold: bool = Tr
 
     # Number coarse nodes topologically, smallest original id first on ties.
     reps = sorted(folder.nodes)
-    succ: dict[int, set[int]] = {r: set() for r in reps}
-    indeg = {r: 0 for r in reps}
-    for u, v in edges:
-        a, b = uf.find(u), uf.find(v)
-        if a != b and b not in succ[a]:
-            succ[a].add(b)
-            indeg[b] += 1
-    ready = [r for r in reps if indeg[r] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        r = heapq.heappop(ready)
-        order.append(r)
-        for s in succ[r]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready, s)
-    if len(order) != len(reps):  # pragma: no cover - condensation and folds keep it acyclic
+    order, stuck = topological_order(reps, [(uf.find(u), uf.find(v)) for u, v in edges if uf.find(u) != uf.find(v)])
+    if stuck:  # pragma: no cover - condensation and folds keep it acyclic
         raise AssertionError("coarse graph has a cycle")
     new = {r: i for i, r in enumerate(order)}
     of = tuple(new[uf.find(v)] for v in range(graph.n))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from onnxsplit.costgraph import CostGraph
+from onnxsplit.dag import UnionFind
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, PlanError
 from onnxsplit.solve.plan import Plan, check_plan, make_plan, max_load, simple_lower_bound
@@ -108,20 +109,13 @@ def units_of(graph: CostGraph, *, merge_cycles: bool) -> Units:
     node ids are topological and units are strongly connected pieces).
     """
     n = graph.n
-    parent = list(range(n))
-
-    def find(v: int) -> int:
-        while parent[v] != v:
-            parent[v] = parent[parent[v]]
-            v = parent[v]
-        return v
-
+    sets = UnionFind(n)
     for group in graph.groups:
         for v in group[1:]:
-            parent[find(v)] = find(group[0])
-    roots = sorted({find(v) for v in range(n)})
+            sets.union(v, group[0])
+    roots = sorted({sets.find(v) for v in range(n)})
     rid = {r: i for i, r in enumerate(roots)}
-    label = [rid[find(v)] for v in range(n)]
+    label = [rid[sets.find(v)] for v in range(n)]
     if merge_cycles:
         succ: list[set[int]] = [set() for _ in roots]
         for u, v in graph.edges():

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from onnxsplit.costgraph import CostGraph
+from onnxsplit.dag import UnionFind
 
 # A tensor this small is a shape, an index or a scalar, not an activation.
 LIGHT_BYTES = 256
@@ -50,23 +51,16 @@ def attach_light(graph: CostGraph, nodes: list[int]) -> CostGraph:
     """
     succ = graph.successors()
     pred = graph.predecessors()
-    parent = list(range(graph.n))
-
-    def find(v: int) -> int:
-        while parent[v] != v:
-            parent[v] = parent[parent[v]]
-            v = parent[v]
-        return v
-
+    sets = UnionFind(graph.n)
     for group in graph.groups:
         for v in group[1:]:
-            parent[find(v)] = find(group[0])
+            sets.union(v, group[0])
     for v in nodes:
         partner = succ[v][0] if len(succ[v]) == 1 else pred[v][0] if len(pred[v]) == 1 else None
         if partner is not None:
-            parent[find(v)] = find(partner)
+            sets.union(v, partner)
     members: dict[int, list[int]] = {}
     for v in range(graph.n):
-        members.setdefault(find(v), []).append(v)
+        members.setdefault(sets.find(v), []).append(v)
     groups = tuple(tuple(sorted(m)) for m in members.values() if len(m) > 1)
     return replace(graph, groups=tuple(sorted(groups)))
