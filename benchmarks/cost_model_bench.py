@@ -60,7 +60,7 @@ def main() -> None:
                               " / ".join(f"{t.measured_ms:.3f}" for t in timings),
                               " / ".join(f"{t.error:+.0%}" for t in timings), f"{timings[0].speed:.2f}",
                               " / ".join(f"{t.calibrated_error:+.0%}" for t in timings), f"{worst:.0%}")
-    Console().print(table)
+    Console(width=200).print(table)
     print(f"worst calibrated stage error over all rows: {worst_all:.0%}")
 
 

@@ -79,7 +79,7 @@ def main() -> None:
         for name, path, shapes in rows:
             seconds, peak = measure(path, shapes, args.devices, work)
             table.add_row(name, f"{sizes[name] / 1e6:.1f}", f"{seconds:.2f}", f"{peak:.0f}")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
