@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
+
+from onnxsplit.cli.common import console as wide_console
 
 
 def add_parser(sub) -> None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
-    console = Console()
+    console = wide_console()
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in result.input_shapes.items())
     table = Table(title=f"{result.outdir} ({shapes}; {result.samples_per_request} samples per request)")
     for col in ("run", "threads", "requests", "samples/s", "rounds min-max", "p50 ms", "p99 ms"):

@@ -34,3 +34,11 @@ def parse_devices(text: str, *, memory: str | None = None) -> Devices:
     if count < 1:
         raise UsageError(f"--devices must be at least 1, got {count}")
     return identical_devices(count, memory=parse_bytes(memory) if memory else math.inf)
+
+
+def console(*, stderr: bool = False):
+    """A rich console at least 120 columns wide, so tables stay whole in logs and pipes."""
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, width=max(probe.width, 120))

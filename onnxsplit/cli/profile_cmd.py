@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from onnxsplit.cli.common import console as wide_console
 from onnxsplit.errors import UsageError
 from onnxsplit.shapes import parse_input_shapes
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(profile, args: argparse.Namespace) -> None:
-    console = Console()
+    console = wide_console()
     total = profile.total_ms
     table = Table(title=f"{args.model} on {profile.provider}, {profile.threads} thread(s), "
                         f"median of {profile.runs} runs")

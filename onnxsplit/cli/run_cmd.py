@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from onnxsplit.cli.common import console as wide_console
 from onnxsplit.errors import UsageError
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     for name, value in outputs.items():
         table.add_row(name, str(value.dtype), "x".join(map(str, value.shape)) or "scalar")
-    console = Console()
+    console = wide_console()
     console.print(table)
     console.print(f"wrote {out}")
     return 0

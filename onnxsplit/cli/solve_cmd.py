@@ -10,6 +10,7 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
+from onnxsplit.cli.common import console as wide_console
 from onnxsplit.errors import UsageError
 from onnxsplit.solve.select import OBJECTIVES, SOLVERS
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(str(r["stage"]), f"{r['kind']}:{r['device']}", str(len(r["nodes"])), f"{r['compute']:.4f}",
                       f"{r['receive']:.4f}", f"{r['send']:.4f}", f"{r['memory']:.4g}", f"{r['load']:.4f}")
-    console = Console()
+    console = wide_console()
     console.print(table)
     console.print(f"objective ({plan.objective}) {plan.value:.6f}   lower bound {plan.lower_bound:.6f}   "
                   f"gap {gap:.2%}" if gap is not None else f"objective {plan.value}")

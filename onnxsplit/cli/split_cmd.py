@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from onnxsplit.cli.common import parse_devices
+from onnxsplit.cli.common import console as wide_console, parse_devices
 from onnxsplit.errors import UsageError
 from onnxsplit.shapes import parse_input_shapes
 from onnxsplit.solve.select import OBJECTIVES
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             result, rounds = refine_split(args.model, args.output, rounds=args.refine, **options)
         else:
             result = split(args.model, args.output, **options)
-    console = Console(stderr=False)
+    console = wide_console()
     m, plan = result.manifest, result.plan
     bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])
     table = Table(title=f"{args.model} -> {args.output} ({plan.solver} solver)")

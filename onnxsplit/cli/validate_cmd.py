@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
+
+from onnxsplit.cli.common import console as wide_console
 
 
 def add_parser(sub) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = validate(args.outdir, model_path=args.model, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol,
                       check_handoffs=args.check_handoffs)
-    console = Console()
+    console = wide_console()
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
