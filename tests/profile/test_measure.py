@@ -28,8 +28,10 @@ from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.graphinfo import graph_info
 from onnxsplit.model import load_model
 from onnxsplit.profile import measure, store
+from onnxsplit.profile.attribute import Kernel, attribute
 from onnxsplit.profile.estimate import estimate_node_ms
-from onnxsplit.profile.measure import Kernel, ProfilerOverhead, attribute, binned_median, kernel_times, profile_model
+from onnxsplit.profile.measure import profile_model
+from onnxsplit.profile.trace import ProfilerOverhead, binned_median, kernel_times
 from onnxsplit.profile.store import (NodeTime, Profile, ProfileError, cached_profile, check_profile, load_profile,
                                      save_profile)
 from onnxsplit.shapes import concrete_types

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve import dp as dpmod
+from onnxsplit.solve import lattice as latticemod
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.dp import DPBoundTooLow, DPTimeout, DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.plan import check_plan, stage_loads
@@ -170,12 +170,12 @@ def test_dp_equals_brute_force(problem) -> None:
 @contextmanager
 def small_blocks():
     """Score pairs in blocks of a few rows, so the block and window logic runs on small graphs."""
-    saved = dpmod._BLOCK_ROWS, dpmod._BLOCK_ELEMS
-    dpmod._BLOCK_ROWS, dpmod._BLOCK_ELEMS = 3, 8
+    saved = latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS
+    latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS = 3, 8
     try:
         yield
     finally:
-        dpmod._BLOCK_ROWS, dpmod._BLOCK_ELEMS = saved
+        latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS = saved
 
 
 @hsettings(120)
@@ -265,13 +265,13 @@ def test_difference_loads_match_the_scoring(problem) -> None:
     """comm(I \\ J) = send(I) + gift(J) + right(I) . left(J) equals the plan module's scoring."""
     graph, _ = problem
     devices = acc_cpu(3, 1, INF)
-    prob = dpmod._Problem(graph, devices)
+    prob = latticemod._Problem(graph, devices)
     ideals = _ideals(graph)
     rows = np.zeros((len(ideals), prob.words * 64), dtype=bool)
     for i, s in enumerate(ideals):
         rows[i, list(s)] = True
-    tab = dpmod._Table(prob, dpmod._pack(rows))
-    sets = [frozenset(np.flatnonzero(dpmod._unpack(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
+    tab = latticemod._Table(prob, latticemod._pack(rows))
+    sets = [frozenset(np.flatnonzero(latticemod._unpack(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
     kinds = [k.name for k in prob.kinds]
     send, gift, right, left = tab.comm()
     for i, outer in enumerate(sets):
