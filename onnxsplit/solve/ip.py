@@ -42,6 +42,19 @@ class NoSolutionError(OnnxSplitError):
     """The solver stopped (time limit) before it found any feasible plan."""
 
 
+def crossing(model: mip.Model, source: mip.Var, readers: list[mip.Var]) -> mip.Var:
+    """A variable that is 1 when a tensor crosses into or out of a device.
+
+    With binaries saying whether the producer and each reader sit there, it
+    is at least |source - reader| for every reader: 1 if any differs.
+    """
+    c = model.add_var(lb=0.0)
+    for r in readers:
+        model += c >= source - r
+        model += c >= r - source
+    return c
+
+
 def new_model(solver_name: str, *, threads: int, time_limit: float, rel_gap: float) -> mip.Model:
     names = {"cbc": mip.CBC, "highs": mip.HIGHS}
     key = solver_name.lower()
@@ -318,11 +331,7 @@ def _device_model(graph: CostGraph, devices: Devices, units: Units, model: mip.M
             for link in units.links:
                 if link.cost <= 0:
                     continue
-                c = model.add_var(lb=0.0)
-                for b in link.consumers:
-                    model += c >= x[link.producer][d] - x[b][d]
-                    model += c >= x[b][d] - x[link.producer][d]
-                comm.append(link.cost * c)
+                comm.append(link.cost * crossing(model, x[link.producer][d], [x[b][d] for b in link.consumers]))
         work = [units.compute[kind.name][u] * x[u][d] for u in range(U) if _allowed(units, kind, u)]
         model += mip.xsum(work + comm) <= T
     if symmetry:

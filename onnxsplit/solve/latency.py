@@ -32,7 +32,7 @@ from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import PlanError
 from onnxsplit.solve.greedy import fits_devices, plan_from_devices
-from onnxsplit.solve.ip import new_model, no_solution, run_model
+from onnxsplit.solve.ip import crossing, new_model, no_solution, run_model
 from onnxsplit.solve.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -274,11 +274,7 @@ def solve_latency_ip(
         for t in graph.tensors:
             if t.cost <= 0:
                 continue
-            c = model.add_var(lb=0.0)
-            for b in t.consumers:
-                model += c >= xs[t.producer][s] - xs[b][s]
-                model += c >= xs[b][s] - xs[t.producer][s]
-            comm.append(t.cost * c)
+            comm.append(t.cost * crossing(model, xs[t.producer][s], [xs[b][s] for b in t.consumers]))
         dur.append(mip.xsum(work + comm))
     # One finish variable per slot keeps the per-node rows short (the duration
     # has a term for every node and tensor).
