@@ -143,3 +143,13 @@ def test_validate_fails_on_a_wrong_stage(good, tmp_path, capsys):
     assert code == 1
     assert printed.strip().splitlines()[-1] == "FAILED"
     assert "first stage that diverges: 0" in printed
+
+
+def test_fewer_stages_than_devices_is_said_loudly(tmp_path, capsys):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    tiny = save(model(nodes, [f32("x", [4])], [f32("y", [4])]), tmp_path / "tiny.onnx")
+    assert main(["split", str(tiny), "--devices", "8", "--costs", "estimate", "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    stages = len(json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"])
+    assert stages < 8
+    assert f"WARNING: the plan uses {stages} of the 8 devices" in " ".join(out.split())
