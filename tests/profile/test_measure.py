@@ -38,7 +38,7 @@ from onnxsplit.shapes import concrete_types
 
 # model file, input shapes making the work non-trivial, measured runs
 CASES = {
-    "transformer": (MODELS / "transformer.onnx", {"input_ids": (4, 32)}, 30),
+    "transformer": (MODELS / "transformer.onnx", {"input_ids": (8, 128)}, 30),
     "branchy_cnn": (MODELS / "branchy_cnn.onnx", {"image": (8, 3, 32, 32)}, 30),
     # The four small MLPs do a few microseconds of work per sample: at batch 8 the ~15 us that every
     # session.run costs outside kernels would be half their latency, so they run at batch 4096.
@@ -144,8 +144,12 @@ def test_time_is_attributed(case, profiles):
 def test_fusions_are_recorded(profiles):
     cnn, _ = profiles("branchy_cnn")
     assert "/stem/Relu" in cnn.node("/stem/Conv").fused_with  # Conv+Relu
-    # NCHWc Conv doing the residual Add and its Relu.
-    assert set(cnn.node("/block1/shortcut/Conv").fused_with) == {"/block1/Add", "/block1/Relu"}
+    # NCHWc Conv doing the residual Add and its Relu, where the CPU's NCHWc kernels take it (not every x86 CPU's
+    # onnxruntime build fuses it); otherwise the Add is a kernel of its own.
+    shortcut = set(cnn.node("/block1/shortcut/Conv").fused_with)
+    assert shortcut in (set(), {"/block1/Add", "/block1/Relu"})
+    if not shortcut:
+        assert cnn.node("/block1/Add").source == "measured"
     fc, _ = profiles("external_data")
     assert set(fc.node("/fc0/MatMul").fused_with) == {"/fc0/Add", "/fc0/Relu"}  # MatMul+Add+Relu -> FusedGemm
     half, _ = profiles("fp16")  # float16 computed in float32 under renamed tensors
