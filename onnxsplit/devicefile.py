@@ -7,9 +7,9 @@
     [[kind]]
     name = "gpu"
     count = 4
-    memory = "80GB"             # bytes
+    memory = "80GB"             # bytes: a number or a size like "80G", "80GB", "64GiB"
     overhead = "2GB"            # taken by the runtime itself; the model gets memory - overhead
-    provider = "cuda"           # cpu, cuda, or an onnxruntime provider name
+    provider = "cuda"           # a short name (cpu, cuda, tensorrt, ...) or an onnxruntime provider name
     device_ids = [0, 1, 2, 3]   # sets each device's device_id provider option
     threads = 1
     speed = 1.0                 # relative to the profile; or profile = "gpu.json"
@@ -19,6 +19,8 @@
     bandwidth = "300GB/s"
     latency = "2us"
 
+Sizes, bandwidths and times follow :mod:`onnxsplit.units`, the grammar of
+the command-line flags; provider names follow :mod:`onnxsplit.providers`.
 Every error names the line and the key at fault.
 """
 
@@ -31,23 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.devices import DeviceKind, Devices, Link
-from onnxsplit.errors import DeviceSpecError
+from onnxsplit.errors import DeviceSpecError, UsageError
+from onnxsplit.providers import resolve_provider
+from onnxsplit.units import parse_bandwidth, parse_bytes, parse_seconds
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-             "rocm": "ROCMExecutionProvider", "dml": "DmlExecutionProvider"}
-_SIZE = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 KIND_KEYS = {"name", "count", "memory", "overhead", "provider", "provider_options", "device_ids", "threads", "speed",
              "profile"}
-
-
-def provider_name(text: str) -> str:
-    return PROVIDERS.get(text.lower(), text)
 
 
 class _Where:
@@ -80,33 +76,19 @@ class _Where:
                                f"{f' key {key!r}' if key else ''}: {message}")
 
 
-def _quantity(value: Any, units: dict[str, float], what: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected {what}, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)(?:/s)?\s*", value)
-        if m and m.group(2).lower() in units:
-            return float(m.group(1)) * units[m.group(2).lower()]
-    raise ValueError(f"expected {what}, got {value!r}")
-
-
 def _link(table: dict[str, Any], where: _Where, section: str, index: int, default: Link) -> Link:
     bandwidth, latency = default.bandwidth, default.latency
     for key, value in table.items():
         try:
             if key == "bandwidth":
-                bandwidth = _quantity(value, _SIZE, "a bandwidth like '16GB/s'")
+                bandwidth = parse_bandwidth(value)
                 if bandwidth <= 0:
-                    raise ValueError("bandwidth must be positive")
+                    raise UsageError("bandwidth must be positive")
             elif key == "latency":
-                latency = _quantity(value, _TIME, "a time like '10us'")
-                if latency < 0:
-                    raise ValueError("latency must not be negative")
+                latency = parse_seconds(value)
             elif key != "devices":
-                raise ValueError("unknown key")
-        except ValueError as exc:
+                raise UsageError("unknown key")
+        except UsageError as exc:
             raise where.fail(section, index, key, str(exc)) from None
     return Link(bandwidth, latency)
 
@@ -117,8 +99,7 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
 
     unknown = sorted(set(table) - KIND_KEYS)
     if unknown:
-        return_error = fail(unknown[0], f"unknown key (known: {', '.join(sorted(KIND_KEYS))})")
-        raise return_error
+        raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(KIND_KEYS))})")
     for key in ("name", "count"):
         if key not in table:
             raise fail(None, f"missing key {key!r}")
@@ -131,15 +112,15 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
     memory = math.inf
     if "memory" in table:
         try:
-            memory = _quantity(table["memory"], _SIZE, "a size like '16GB'")
-        except ValueError as exc:
+            memory = parse_bytes(table["memory"])
+        except UsageError as exc:
             raise fail("memory", str(exc)) from None
         if memory <= 0:
             raise fail("memory", f"must be positive, got {table['memory']!r}")
     if "overhead" in table:
         try:
-            overhead = _quantity(table["overhead"], _SIZE, "a size like '512MB'")
-        except ValueError as exc:
+            overhead = parse_bytes(table["overhead"])
+        except UsageError as exc:
             raise fail("overhead", str(exc)) from None
         if overhead < 0 or overhead >= memory:
             raise fail("overhead", f"must be at least 0 and below the memory, got {table['overhead']!r}")
@@ -169,8 +150,12 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
     provider = table.get("provider", "cpu")
     if not isinstance(provider, str) or not provider:
         raise fail("provider", "must be a provider name such as 'cpu' or 'cuda'")
+    try:
+        provider = resolve_provider(provider)
+    except UsageError as exc:
+        raise fail("provider", str(exc)) from None
     return DeviceKind(
-        name=name, count=count, memory=memory, provider=provider_name(provider),
+        name=name, count=count, memory=memory, provider=provider,
         provider_options=tuple(sorted((str(k), str(v)) for k, v in options.items())),
         threads=threads, speed=float(speed), device_ids=tuple(device_ids), profile=profile,
     )

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from onnxsplit.errors import UsageError
+from onnxsplit.providers import CPU
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class DeviceKind:
     count: int
     memory: float = math.inf
     communicates: bool = True
-    provider: str = "CPUExecutionProvider"
+    provider: str = CPU
     provider_options: tuple[tuple[str, str], ...] = ()
     threads: int = 1
     speed: float = 1.0
@@ -79,15 +80,9 @@ class Devices:
             options["device_id"] = str(kind.device_ids[device - first])
         return options
 
-    def kind(self, name: str) -> DeviceKind:
-        for k in self.kinds:
-            if k.name == name:
-                return k
-        raise KeyError(name)
-
 
 def identical_devices(count: int, *, memory: float = math.inf, kind: str = "cpu") -> Devices:
-    """``--devices N``: N identical devices of one kind."""
+    """``count`` identical devices of one kind, each with ``memory`` bytes."""
     if count < 1:
-        raise UsageError(f"--devices must be at least 1, got {count}")
+        raise UsageError(f"the number of devices must be at least 1, got {count}")
     return Devices((DeviceKind(kind, count, memory=memory),))

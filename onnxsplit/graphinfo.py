@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import onnx
-
 from onnxsplit.model import NONDETERMINISTIC, Model, node_reads, node_subgraphs
 
 
@@ -75,7 +73,3 @@ def graph_info(model: Model) -> GraphInfo:
         initializers=inits,
         const=frozenset(const),
     )
-
-
-def node_by_name(model: Model) -> dict[str, onnx.NodeProto]:
-    return {n.name: n for n in model.graph.node}

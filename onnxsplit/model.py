@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from onnxsplit.dag import topological_order
 from onnxsplit.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 # Ops that may give a different value on every run must never be duplicated.
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
@@ -67,11 +65,34 @@ class Model:
 
 
 def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks so big models are not held in memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_source(source: str | os.PathLike | Model, sha256: str, *, what: str) -> Path:
+    """The model file ``source``, after checking that it still has the digest ``sha256``.
+
+    ``what`` completes "the model ...", naming whatever recorded the digest,
+    e.g. ``"this folder was split from"``. A loaded :class:`Model` is checked
+    by the digest taken when it was loaded, without reading its file again.
+    Raises ModelError (one line) when the file is missing or its content
+    differs.
+    """
+    if isinstance(source, Model):
+        path, actual = source.path, source.sha256
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such file (the model {what}; did it move?)")
+        actual = sha256_of(path)
+    if actual != sha256:
+        raise ModelError(f"{path} is not the model {what} (its sha256 is {actual[:12]}..., "
+                         f"expected {sha256[:12]}...)")
+    return path
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -241,16 +262,6 @@ def load_model(path: str | os.PathLike) -> Model:
         log.info("named %d unnamed or duplicate nodes", renamed)
     _toposort(proto.graph, path)
     return Model(proto=proto, path=path, sha256=sha256_of(path), value_info=infer(proto))
-
-
-def tensor_array(model: Model, t: onnx.TensorProto) -> np.ndarray:
-    """An initializer's value, reading external data from the model's folder."""
-    if is_external(t):
-        loaded = onnx.TensorProto()
-        loaded.CopyFrom(t)
-        onnx.external_data_helper.load_external_data_for_tensor(loaded, str(model.base_dir))
-        return numpy_helper.to_array(loaded)
-    return numpy_helper.to_array(t)
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:

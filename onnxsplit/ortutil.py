@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxsplit.errors import UsageError
 from onnxsplit.model import Model
+from onnxsplit.providers import CPU, require_available
 
-# onnx element type -> numpy dtype name, for manifests and random feeds.
 def dtype_name(elem_type: int) -> str:
+    """onnx element type -> numpy dtype name, for manifests and random feeds."""
     if elem_type == onnx.TensorProto.STRING:
         return "str"
     if elem_type == onnx.TensorProto.BFLOAT16:
@@ -19,29 +21,53 @@ def dtype_name(elem_type: int) -> str:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
 
 
-def elem_type_of(name: str) -> int:
-    if name == "bfloat16":
-        return onnx.TensorProto.BFLOAT16
-    if name == "str":
-        return onnx.TensorProto.STRING
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(name))
+def session_options(*, threads: int = 1, spin: bool = True, log_severity: int = 3,
+                    external_folder: str | os.PathLike | None = None,
+                    profile_prefix: str | os.PathLike | None = None,
+                    optimized_model: str | os.PathLike | None = None):
+    """The onnxruntime SessionOptions every session of onnxsplit is built with.
 
-
-def make_session(model: str | os.PathLike | bytes, *, provider: str = "CPUExecutionProvider",
-                 provider_options: dict[str, str] | None = None, threads: int = 1,
-                 external_folder: str | os.PathLike | None = None):
+    ``threads`` intra-op threads, one inter-op thread, nodes run in order.
+    ``spin=False`` stops idle pool threads from spinning (they would steal
+    cores from other stages' sessions). ``external_folder``: where a model
+    given as bytes finds its external data files. ``profile_prefix``: turn
+    onnxruntime's profiler on, its trace named with this prefix.
+    ``optimized_model``: save the graph onnxruntime runs there, its weights
+    in a side file beside it. ``log_severity``: 3 shows onnxruntime's
+    errors only.
+    """
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise UsageError(f"execution provider {provider!r} is not available here (available: {', '.join(available)})")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = log_severity
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if external_folder is not None:
-        # A model given as bytes finds its external data files here.
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    if optimized_model is not None:
+        opts.optimized_model_filepath = str(optimized_model)
+        # Weights go to a side file: only the graph is read back, and big models stay under 2 GB.
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      f"{Path(optimized_model).stem}.data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    return opts
+
+
+def make_session(model: str | os.PathLike | bytes, *, provider: str = CPU,
+                 provider_options: dict[str, str] | None = None, threads: int = 1,
+                 external_folder: str | os.PathLike | None = None):
+    """A session on one installed provider (a full name); UsageError when it is not installed here."""
+    import onnxruntime as ort
+
+    require_available(provider)
+    opts = session_options(threads=threads, external_folder=external_folder)
     target = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(target, sess_options=opts, providers=[provider],
                                 provider_options=[provider_options or {}])
@@ -65,17 +91,18 @@ def random_feeds(specs: list[tuple[str, str, tuple[int, ...]]], *, seed: int = 0
 
 
 def load_feeds(path: str | os.PathLike, expected: list[str]) -> dict[str, np.ndarray]:
+    """Arrays of an .npz file, one for each name in ``expected`` and no others; UsageError naming the file."""
     try:
         with np.load(path, allow_pickle=False) as data:
             feeds = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--inputs {path}: not a readable .npz file ({exc})") from None
+        raise UsageError(f"{path}: not a readable .npz file of input arrays ({exc})") from None
     missing = [n for n in expected if n not in feeds]
     if missing:
-        raise UsageError(f"--inputs {path}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
+        raise UsageError(f"{path}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
     extra = sorted(set(feeds) - set(expected))
     if extra:
-        raise UsageError(f"--inputs {path}: {extra[0]!r} is not an input of the model (inputs: {expected})")
+        raise UsageError(f"{path}: {extra[0]!r} is not an input of the model (inputs: {expected})")
     return feeds
 
 

@@ -28,7 +28,7 @@ class TensorType:
 
 
 def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
-    """``NAME:1x3x224x224`` strings to a dict (the name may itself contain ':')."""
+    """``NAME:1x3x224x224`` strings to a dict (the name may itself contain ':'); UsageError naming a bad one."""
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         name, sep, dims = spec.rpartition(":")
@@ -37,7 +37,7 @@ def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
         except ValueError:
             shape = None
         if not sep or not name or shape is None or any(d < 0 for d in shape):
-            raise UsageError(f"--input-shape {spec!r}: expected NAME:DxDxD with non-negative integers")
+            raise UsageError(f"input shape {spec!r}: expected NAME:DxDxD with non-negative integers")
         shapes[name] = shape
     return shapes
 
@@ -47,17 +47,19 @@ def resolve_input_shapes(model: Model, given: dict[str, tuple[int, ...]]) -> dic
     inputs = {i.name: i for i in model.inputs}
     unknown = sorted(set(given) - set(inputs))
     if unknown:
-        raise UsageError(f"--input-shape names {unknown[0]!r}, which is not an input of the model (inputs: {sorted(inputs)})")
+        raise UsageError(f"an input shape is given for {unknown[0]!r}, which is not an input of the model "
+                         f"(inputs: {sorted(inputs)})")
     resolved: dict[str, tuple[int, ...]] = {}
     for name, vi in inputs.items():
         dims = vi.type.tensor_type.shape.dim
         if name in given:
             shape = given[name]
             if len(shape) != len(dims):
-                raise UsageError(f"--input-shape {name}: model input has rank {len(dims)}, got {len(shape)} dims")
+                raise UsageError(f"input shape of {name!r}: the model input has rank {len(dims)}, "
+                                 f"got {len(shape)} dims")
             for d, want in zip(dims, shape):
                 if d.HasField("dim_value") and d.dim_value != want:
-                    raise UsageError(f"--input-shape {name}: dim fixed to {d.dim_value} in the model, got {want}")
+                    raise UsageError(f"input shape of {name!r}: dim fixed to {d.dim_value} in the model, got {want}")
             resolved[name] = shape
             continue
         shape = []
@@ -65,7 +67,8 @@ def resolve_input_shapes(model: Model, given: dict[str, tuple[int, ...]]) -> dic
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
             else:
-                log.warning("input %r: dim %r unset, using 1 (fix it with --input-shape)", name, d.dim_param or "?")
+                log.warning("input %r: dim %r unset, using 1 (give the input a shape to change it)", name,
+                            d.dim_param or "?")
                 shape.append(1)
         resolved[name] = tuple(shape)
     return resolved

@@ -102,7 +102,8 @@ def _node_times(model: Model, info: GraphInfo, types: dict[str, TensorType], dev
     cached), divided by their speed factor. ``costs='estimate'`` uses the
     analytic estimate instead of measuring.
     """
-    from onnxsplit.profile.store import cached_profile, check_profile, load_profile
+    from onnxsplit.profile.cache import cached_profile
+    from onnxsplit.profile.store import check_profile, load_profile
 
     estimate = estimate_times(model, info, types)
     if costs not in COSTS:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from onnxsplit.devicefile import load_devices
 from onnxsplit.devices import Devices, identical_devices
 from onnxsplit.errors import UsageError
-
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_bytes(text: str) -> float:
-    """'512M', '16GiB', '1000000' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]i?)?[bB]?\s*", text)
-    if not m:
-        raise UsageError(f"{text!r} is not a size in bytes (e.g. 16G, 512MiB)")
-    return float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+from onnxsplit.units import parse_bytes
 
 
 def parse_devices(text: str, *, memory: str | None = None) -> Devices:
@@ -33,7 +25,18 @@ def parse_devices(text: str, *, memory: str | None = None) -> Devices:
         raise UsageError(f"--devices {text!r}: expected a number of devices or a devices.toml file") from None
     if count < 1:
         raise UsageError(f"--devices must be at least 1, got {count}")
-    return identical_devices(count, memory=parse_bytes(memory) if memory else math.inf)
+    with flag_errors("--device-memory"):
+        size = parse_bytes(memory) if memory else math.inf
+    return identical_devices(count, memory=size)
+
+
+@contextlib.contextmanager
+def flag_errors(flag: str) -> Iterator[None]:
+    """Prefix a UsageError raised inside with ``flag``: the library names the value at fault, the CLI the flag."""
+    try:
+        yield
+    except UsageError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def console(*, stderr: bool = False):

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from onnxsplit.cli.common import console as wide_console
+from onnxsplit.cli.common import console as wide_console, flag_errors
 from onnxsplit.errors import UsageError
 from onnxsplit.shapes import parse_input_shapes
 
@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="measure every node's time with onnxruntime's profiler")
     p.add_argument("model", help="the ONNX model to profile")
     p.add_argument("-o", "--output", required=True, help="profile.json to write")
-    p.add_argument("--provider", default="cpu", help="cpu, cuda or an execution provider's name (default cpu)")
+    p.add_argument("--provider", default="cpu",
+                   help="a short name (cpu, cuda, tensorrt, ...) or an execution provider's name (default cpu)")
     p.add_argument("--provider-option", action="append", default=[], metavar="K=V",
                    help="an execution provider option, e.g. device_id=0 (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
@@ -45,10 +46,12 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
     """Input shapes from --input-shape, completed (and checked) by the arrays of --inputs."""
     from onnxsplit.ortutil import load_feeds
 
-    shapes = parse_input_shapes(args.input_shape)
+    with flag_errors("--input-shape"):
+        shapes = parse_input_shapes(args.input_shape)
     if args.inputs is None:
         return shapes, None
-    feeds = load_feeds(args.inputs, [i.name for i in model.inputs])
+    with flag_errors("--inputs"):
+        feeds = load_feeds(args.inputs, [i.name for i in model.inputs])
     for name, array in feeds.items():
         if name in shapes and tuple(shapes[name]) != tuple(array.shape):
             raise UsageError(f"--input-shape {name}:{'x'.join(map(str, shapes[name]))} disagrees with --inputs "
@@ -59,10 +62,12 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.model import load_model
-    from onnxsplit.profile.measure import profile_model, resolve_provider
+    from onnxsplit.profile.measure import profile_model
     from onnxsplit.profile.store import save_profile
+    from onnxsplit.providers import resolve_provider
 
-    provider = resolve_provider(args.provider)
+    with flag_errors("--provider"):
+        provider = resolve_provider(args.provider)
     options = parse_provider_options(args.provider_option)
     model = load_model(args.model)
     shapes, feeds = _shapes_and_feeds(model, args)

@@ -30,31 +30,20 @@ import onnx
 from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.model import Model, tensor_nbytes
-from onnxsplit.ortutil import dtype_name, make_session, random_feeds
+from onnxsplit.ortutil import dtype_name, make_session, random_feeds, session_options
 from onnxsplit.profile.attribute import Attribution, Kernel, attribute, kernels_of
 from onnxsplit.profile.estimate import estimate_node_ms, node_flops
 from onnxsplit.profile.store import NodeTime, Profile
 from onnxsplit.profile.trace import _KERNEL_EVENT, ProfilerOverhead, _is_kernel, binned_median, kernel_times
+from onnxsplit.providers import resolve_provider
 from onnxsplit.shapes import concrete_types, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Above this many bytes of weights, the plain and the profiling session are not held at once.
 ALTERNATE_LIMIT = 1 << 30
 
 Progress = Callable[[int, int], None]
-
-
-def resolve_provider(text: str) -> str:
-    """``cpu`` / ``cuda`` / a full execution provider name -> the full name; unknown names are a user error."""
-    import onnxruntime as ort
-
-    name = PROVIDER_ALIASES.get(text.lower(), text)
-    if name not in ort.get_all_providers():
-        available = ", ".join(ort.get_available_providers())
-        raise UsageError(f"unknown execution provider {text!r} (available here: {available})")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,19 +167,8 @@ def _session(model: bytes, folder: Path, *, provider: str, provider_options: dic
     import onnxruntime as ort
 
     folder.mkdir(parents=True, exist_ok=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(folder / "trace")
-    if external_folder is not None:
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
-    if save_graph:
-        opts.optimized_model_filepath = str(folder / "optimized.onnx")
-        # Weights go to a side file: only the graph is read back, and big models stay under 2 GB.
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts = session_options(threads=threads, external_folder=external_folder, profile_prefix=folder / "trace",
+                           optimized_model=folder / "optimized.onnx" if save_graph else None)
     return ort.InferenceSession(model, sess_options=opts, providers=[provider], provider_options=[provider_options])
 
 

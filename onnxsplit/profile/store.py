@@ -3,27 +3,23 @@
 ``profile.json`` (format ``onnxsplit.profile``, version 1) holds how the
 profile was measured (model hash, input shapes, provider and options,
 threads, onnxruntime version, runs, warm-ups), the whole model's latency,
-and one record per original node in the model's topological order. A cache
-keyed by the measuring conditions keeps profiles between commands.
+and one record per original node in the model's topological order. The
+cache of measured profiles is :mod:`onnxsplit.profile.cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from onnxsplit.errors import OnnxSplitError
-from onnxsplit.model import Model
+from onnxsplit.errors import ModelError, OnnxSplitError
+from onnxsplit.fileio import write_json_atomic
+from onnxsplit.model import Model, check_source
 from onnxsplit.shapes import resolve_input_shapes
-
-log = logging.getLogger(__name__)
 
 FORMAT = "onnxsplit.profile"
 VERSION = 1
@@ -190,31 +186,19 @@ def profile_from_dict(data: object, where: str = "profile") -> Profile:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target and rename over it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
+    """Write ``profile`` as profile.json, atomically, creating its folder; ProfileError when it cannot."""
     path = Path(path)
     try:
-        _atomic_write_text(path, json.dumps(profile_to_dict(profile), indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, profile_to_dict(profile))
     except OSError as exc:
         raise ProfileError(f"{path}: cannot write the profile ({exc.strerror or exc})") from None
     return path
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
+    """Read and check a profile.json; ProfileError naming the file and the first problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,9 +219,10 @@ def check_profile(profile: Profile, model: Model, input_shapes: dict[str, tuple[
 
     ``input_shapes`` may name only some inputs; the rest resolve as for profiling.
     """
-    if profile.model_sha256 != model.sha256:
-        raise ProfileError(f"profile.json was measured on a different model (sha256 {profile.model_sha256[:12]}..., "
-                           f"{model.path.name} has {model.sha256[:12]}...)")
+    try:
+        check_source(model, profile.model_sha256, what="the profile was measured on")
+    except ModelError as exc:  # the model is fine; it is the profile that does not fit
+        raise ProfileError(str(exc)) from None
     wanted = resolve_input_shapes(model, input_shapes)
     for name, shape in wanted.items():
         have = profile.input_shapes.get(name)
@@ -253,72 +238,3 @@ def check_profile(profile: Profile, model: Model, input_shapes: dict[str, tuple[
     missing = [n.name for n in model.graph.node if n.name not in timed]
     if missing:
         raise ProfileError(f"profile.json has no time for node {missing[0]!r}")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("ONNXSPLIT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "onnxsplit"
-
-
-def cache_key(model_sha256: str, input_shapes: dict[str, tuple[int, ...]], provider: str,
-              provider_options: dict[str, str], threads: int, ort_version: str) -> str:
-    """A stable digest of everything a measured time depends on.
-
-    The onnxruntime version is part of it: kernels and fusions change between
-    releases, so a profile from another version would be stale.
-    """
-    key = json.dumps({"model": model_sha256, "shapes": {k: list(v) for k, v in sorted(input_shapes.items())},
-                      "provider": provider, "options": dict(sorted(provider_options.items())), "threads": threads,
-                      "onnxruntime": ort_version}, sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def cache_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / "profiles" / f"{key[:32]}.json"
-
-
-def read_cached(path: Path) -> Profile | None:
-    """A cached profile, or None when absent or unreadable (a broken cache entry is measured again)."""
-    if not path.is_file():
-        return None
-    try:
-        return load_profile(path)
-    except ProfileError as exc:
-        log.warning("ignoring a broken cached profile (%s)", exc)
-        return None
-
-
-def write_cached(profile: Profile, path: Path) -> None:
-    """Store a profile in the cache; a cache that cannot be written only costs a warning."""
-    try:
-        save_profile(profile, path)
-    except ProfileError as exc:
-        log.warning("could not cache the profile: %s", exc)
-
-
-def cached_profile(model: Model, *, input_shapes: dict[str, tuple[int, ...]], provider: str = "CPUExecutionProvider",
-                   provider_options: dict[str, str] | None = None, threads: int = 1, runs: int = 20,
-                   warmup: int = 5, cache_dir: Path | None = None) -> Profile:
-    """The stored profile for these conditions, or a fresh measurement that is then stored.
-
-    ``cache_dir``: default ``$ONNXSPLIT_CACHE``, else ``~/.cache/onnxsplit``.
-    """
-    import onnxruntime as ort
-
-    from onnxsplit.profile.measure import profile_model, resolve_provider  # measure builds on this module
-
-    provider = resolve_provider(provider)
-    options = dict(provider_options or {})
-    shapes = resolve_input_shapes(model, input_shapes)
-    key = cache_key(model.sha256, shapes, provider, options, threads, ort.__version__)
-    path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), key)
-    cached = read_cached(path)
-    if cached is not None and cached.model_sha256 == model.sha256 and cached.input_shapes == shapes:
-        log.info("using the cached profile %s", path)
-        return cached
-    measured = profile_model(model, input_shapes=shapes, provider=provider, provider_options=options,
-                             threads=threads, runs=runs, warmup=warmup)
-    # As stored, so that a first and a cached answer are equal.
-    profile = profile_from_dict(profile_to_dict(measured))
-    write_cached(profile, path)
-    return profile

@@ -27,13 +27,14 @@ from onnxsplit.cli.main import main
 from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.graphinfo import graph_info
 from onnxsplit.model import load_model
-from onnxsplit.profile import measure, store
+from onnxsplit.profile import cache, measure, store
 from onnxsplit.profile.attribute import Kernel, attribute
 from onnxsplit.profile.estimate import estimate_node_ms
 from onnxsplit.profile.measure import profile_model
 from onnxsplit.profile.trace import ProfilerOverhead, binned_median, kernel_times
-from onnxsplit.profile.store import (NodeTime, Profile, ProfileError, cached_profile, check_profile, load_profile,
-                                     save_profile)
+from onnxsplit.profile.cache import cached_profile
+from onnxsplit.profile.store import NodeTime, Profile, ProfileError, check_profile, load_profile, save_profile
+from onnxsplit.providers import resolve_provider
 from onnxsplit.shapes import concrete_types
 
 # model file, input shapes making the work non-trivial, measured runs
@@ -347,8 +348,8 @@ def test_unknown_and_missing_providers(small):
         with pytest.raises(OnnxSplitError) as exc:
             profile_model(m, input_shapes={}, provider="cuda")
         assert "CUDAExecutionProvider" in _one_line(exc) and "not available" in _one_line(exc)
-    assert measure.resolve_provider("cpu") == "CPUExecutionProvider"
-    assert measure.resolve_provider("CUDA") == "CUDAExecutionProvider"
+    assert resolve_provider("cpu") == "CPUExecutionProvider"
+    assert resolve_provider("CUDA") == "CUDAExecutionProvider"
 
 
 def _fake_profile(m, **changes) -> Profile:
@@ -364,7 +365,7 @@ def test_check_profile(small, tmp_path):
     check_profile(_fake_profile(m), m, {"x": (4, 8)}, "CPUExecutionProvider", 1)
     with pytest.raises(ProfileError) as exc:
         check_profile(_fake_profile(m, model_sha256="0" * 64), m, {"x": (4, 8)}, "CPUExecutionProvider", 1)
-    assert "profile.json was measured on a different model" in _one_line(exc)
+    assert "is not the model the profile was measured on" in _one_line(exc)
     with pytest.raises(ProfileError) as exc:
         check_profile(_fake_profile(m), m, {"x": (2, 8)}, "CPUExecutionProvider", 1)
     assert "x:4x8" in _one_line(exc) and "x:2x8" in _one_line(exc)
@@ -449,9 +450,9 @@ def test_cache_reuses_and_separates(small, tmp_path, monkeypatch):
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("ONNXSPLIT_CACHE", str(tmp_path))
-    assert store.default_cache_dir() == tmp_path
+    assert cache.default_cache_dir() == tmp_path
     monkeypatch.delenv("ONNXSPLIT_CACHE")
-    assert store.default_cache_dir() == Path.home() / ".cache" / "onnxsplit"
+    assert cache.default_cache_dir() == Path.home() / ".cache" / "onnxsplit"
 
 
 # ---------------------------------------------------------------------------------------------
