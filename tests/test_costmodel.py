@@ -12,7 +12,7 @@ from onnxsplit.errors import InfeasibleError
 from onnxsplit.graphinfo import graph_info
 from onnxsplit.model import load_model
 from onnxsplit.shapes import concrete_types
-from onnxsplit.split import prepare, split
+from onnxsplit.splitting import prepare, split
 
 
 def _relu_chain(tmp_path):

@@ -41,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from onnxsplit.runtime import Pipeline
 
     manifest = load_manifest(args.outdir)
-    feeds = load_feeds(args.inputs, [i["name"] for i in manifest["inputs"]])
+    feeds = load_feeds(args.inputs, list(manifest.input_names))
     with Pipeline(args.outdir, pin=not args.no_pin) as pipe:
         outputs = pipe.run(feeds)
     out = Path(args.output)
     save_npz_atomic(out, outputs)
-    table = Table(title=f"{args.outdir}: {len(manifest['stages'])} stages")
+    table = Table(title=f"{args.outdir}: {len(manifest.stages)} stages")
     for col in ("output", "dtype", "shape"):
         table.add_column(col)
     for name, value in outputs.items():
