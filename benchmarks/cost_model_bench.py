@@ -21,7 +21,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
-from onnxsplit.split import split
+from onnxsplit.splitting import split
 from onnxsplit.stagetime import time_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def main() -> None:
                 timings = time_stages(out, runs=args.runs)
                 worst = max(abs(t.calibrated_error) for t in timings)
                 worst_all = max(worst_all, worst)
-                table.add_row(name, str(devices), str(len(result.manifest["stages"])),
+                table.add_row(name, str(devices), str(len(result.manifest.stages)),
                               " / ".join(f"{t.predicted_ms:.3f}" for t in timings),
                               " / ".join(f"{t.measured_ms:.3f}" for t in timings),
                               " / ".join(f"{t.error:+.0%}" for t in timings), f"{timings[0].speed:.2f}",

@@ -8,7 +8,7 @@ Every model is split for 2 devices twice:
 - ``solver``: the plan `onnxsplit split` picks from its analytic cost estimate;
 - ``balanced``: a contiguous cut of the topological order placed by measuring
   both stages (a binary search on the cut until their measured times cross),
-  made here by hand and passed with ``plan_path``. It separates the runtime's
+  made here by hand and passed with ``plan``. It separates the runtime's
   own overhead from the quality of the cost model's plan.
 
 Each split then runs through `onnxsplit bench`: the pipeline kept full, the
@@ -40,12 +40,13 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxsplit.graphinfo import graph_info
-from onnxsplit.manifest import load_manifest, source_model_path
+from onnxsplit.manifest import load_manifest
 from onnxsplit.model import load_model
 from onnxsplit.ortutil import make_session, random_feeds
 from onnxsplit.runtime.bench import BenchResult, bench
-from onnxsplit.runtime.pipeline import HostRunner, open_session, stage_specs
-from onnxsplit.split import split
+from onnxsplit.runtime.sessions import HostRunner, open_session
+from onnxsplit.runtime.specs import stage_specs
+from onnxsplit.splitting import split
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -67,15 +68,14 @@ def _stage_runners(outdir: Path) -> tuple[list, list[dict], dict, Path]:
     """Every stage as a 1-thread callable with the inputs it gets at the split's shapes;
     also the model's feeds and the original's path."""
     manifest = load_manifest(outdir)
-    feeds = random_feeds([(i["name"], i["dtype"], tuple(manifest["input_shapes"][i["name"]]))
-                          for i in manifest["inputs"]], seed=0)
+    feeds = random_feeds(manifest.feed_specs(), seed=0)
     env = dict(feeds)
     runners, stage_feeds = [], []
-    for spec in stage_specs(outdir, manifest):
+    for spec in stage_specs(manifest):
         runners.append(HostRunner(open_session(spec, spin=False), spec))
         stage_feeds.append({n: env[n] for n in spec.inputs})
         env.update(runners[-1](stage_feeds[-1]))  # also the warm-up run
-    return runners, stage_feeds, feeds, source_model_path(outdir, manifest)
+    return runners, stage_feeds, feeds, manifest.source_path()
 
 
 def _stage_times(outdir: Path, *, seconds: float = 0.3, rounds: int = 3) -> list[float]:
@@ -103,7 +103,7 @@ def balanced_plan(model_path: Path, shapes: dict[str, tuple[int, ...]], work: Pa
         if cut not in measured:
             plan_path.write_text(json.dumps({n: 0 if i < cut else 1 for i, n in enumerate(names)}))
             out = work / "probe"
-            split(model_path, out, devices=2, input_shapes=shapes, plan_path=plan_path, force=True)
+            split(model_path, out, devices=2, input_shapes=shapes, plan=plan_path, force=True)
             measured[cut] = _stage_times(out)
         return measured[cut]
 
@@ -174,7 +174,7 @@ def run_one(name: str, plan: str, work: Path, *, seconds: float, warmup: float,
     plan_path = None
     if plan == "balanced":
         plan_path, _ = balanced_plan(model_path, shapes, work)
-    split(model_path, outdir, devices=2, input_shapes=shapes, plan_path=plan_path, force=True)
+    split(model_path, outdir, devices=2, input_shapes=shapes, plan=plan_path, force=True)
     return bench(outdir, seconds=seconds, warmup=warmup, rounds=rounds), outdir
 
 

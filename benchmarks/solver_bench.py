@@ -13,7 +13,7 @@ from the DP plan and run once under ``--ip-time-limit`` (skip both with
 local-search and expert baselines' values.
 
 ``--scale`` instead splits a generated deep transformer (``--layers 56`` is
-about 10,500 nodes) end to end with ``onnxsplit.split.split`` on 4 devices,
+about 10,500 nodes) end to end with ``onnxsplit.split`` on 4 devices,
 too big for the exact DP, and prints one row: nodes, the relaxed lattice's
 size, split seconds and the plan's value, bound and gap.
  Each solver contributes a *measure*: a
@@ -341,7 +341,7 @@ def scale_row(layers: int, *, devices: int, input_shapes: dict[str, tuple[int, .
     import make_models
 
     from onnxsplit.solve.relax import light_nodes, relax
-    from onnxsplit.split import split
+    from onnxsplit.splitting import split
 
     row: dict[str, Any] = {"model": f"deep_transformer({layers})", "costs": costs}
     with tempfile.TemporaryDirectory(prefix="onnxsplit-scale-") as tmp:

@@ -8,8 +8,9 @@ Public API::
     with Pipeline("out/") as pipe:
         outputs = pipe.run(feeds)
 
-The value types of the pass pipeline (Model, CostGraph, Devices, Plan) are
-exported too; those load on first use.
+The value types of the pass pipeline (Model, CostGraph, Devices, Plan,
+Manifest) are exported too. Everything loads on first use, so importing the
+package (as the command line does) does not import onnx or onnxruntime.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# The functions share their modules' names: importing them here, once, makes
-# `onnxsplit.split` the function even after `import onnxsplit.split`.
-from onnxsplit.split import SplitResult, prepare, split  # noqa: E402
-from onnxsplit.validate import Report, validate  # noqa: E402
-
+# name -> the module that defines it. No module is named after a function it
+# exports (split lives in onnxsplit.splitting, validate in onnxsplit.validation),
+# so `onnxsplit.split` is always the function.
 _EXPORTS = {
+    "split": "onnxsplit.splitting",
+    "prepare": "onnxsplit.splitting",
+    "SplitResult": "onnxsplit.splitting",
+    "validate": "onnxsplit.validation",
+    "Report": "onnxsplit.validation",
     "Pipeline": "onnxsplit.runtime",
+    "Manifest": "onnxsplit.manifest",
+    "load_manifest": "onnxsplit.manifest",
     "Model": "onnxsplit.model",
     "load_model": "onnxsplit.model",
     "CostGraph": "onnxsplit.costgraph",
@@ -35,10 +41,16 @@ _EXPORTS = {
     "OnnxSplitError": "onnxsplit.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "split", "prepare", "SplitResult", "validate", "Report"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'onnxsplit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

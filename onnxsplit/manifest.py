@@ -1,52 +1,488 @@
 """The manifest: everything needed to run a split folder's stages in order.
 
-Schema (version 1) is documented in the README. Readers go through
-:func:`load_manifest`, which checks the version and the files it names.
+Schema (version 1) is documented in the README. :class:`Manifest` is the
+typed, frozen form every reader uses (the runtime, validation, stage timing,
+the CLI tables); :func:`load_manifest` reads one from a split folder and
+checks every field, the stage numbering, the routing between stages and
+the files it names, so a hand-edited or damaged file fails with one line
+naming the file and the field instead of a KeyError deep in a reader.
+
+``to_json`` writes exactly the keys, in exactly the order, that version 1
+has always had: tools outside onnxsplit read this file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, Union
 
-from onnxsplit.errors import UsageError
+from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.fileio import write_json_atomic
 
 FORMAT = "onnxsplit.manifest"
 VERSION = 1
+FILENAME = "manifest.json"
+
+Dim = Union[int, str, None]  # a fixed dim, a symbolic dim, or a dim nobody knows
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+class FrozenMap(Mapping[K, V], Generic[K, V]):
+    """A read-only mapping that, unlike ``types.MappingProxyType``, pickles and compares by value."""
+
+    def __init__(self, items: Mapping[K, V] | Sequence[tuple[K, V]] = ()) -> None:
+        self._items: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
 
 
-def load_manifest(outdir: str | os.PathLike) -> dict[str, Any]:
+# -- the records ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as the manifest names it: dtype is a numpy name, shape may hold symbolic dims."""
+
+    name: str
+    dtype: str | None
+    shape: tuple[Dim, ...] | None  # None when not even the rank is known
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
+
+
+@dataclass(frozen=True)
+class StageInput(TensorSpec):
+    producer: int | None  # the stage that makes it; None for a model input ("from": "graph")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "from": "graph" if self.producer is None else self.producer}
+
+
+@dataclass(frozen=True)
+class StageOutput(TensorSpec):
+    consumers: tuple[int, ...]  # later stages that read it ("to")
+    graph_output: bool  # a model output
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "to": list(self.consumers), "graph_output": self.graph_output}
+
+
+@dataclass(frozen=True)
+class GraphOutput(TensorSpec):
+    stage: int  # the stage that makes it
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "stage": self.stage}
+
+
+@dataclass(frozen=True)
+class Handoff(TensorSpec):
+    """A tensor passed from one stage to later ones: sent once, whatever the number of readers."""
+
+    producer: int
+    consumers: tuple[int, ...]
+    bytes_per_sample: int | None  # at the manifest's input shapes; None when unknown
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "producer": self.producer, "consumers": list(self.consumers),
+                "bytes_per_sample": self.bytes_per_sample}
+
+
+@dataclass(frozen=True)
+class PredictedLoad:
+    """The plan's cost model for one stage, in milliseconds per request."""
+
+    compute_ms: float
+    receive_ms: float
+    send_ms: float
+    load_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compute_ms": self.compute_ms, "receive_ms": self.receive_ms, "send_ms": self.send_ms,
+                "load_ms": self.load_ms}
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int  # position in pipeline order
+    file: str  # the stage model, relative to the split folder
+    external_data: str | None  # its weights file, when they are not inline
+    device: int  # index into the devices' expanded list
+    device_kind: str
+    provider: str  # onnxruntime execution provider
+    provider_options: Mapping[str, Any]
+    threads: int
+    nodes: int  # nodes the plan placed here
+    copied_const_nodes: int  # constant nodes copied from elsewhere rather than handed off
+    inputs: tuple[StageInput, ...]
+    outputs: tuple[StageOutput, ...]
+    predicted: PredictedLoad
+    weight_bytes: int
+    activation_peak_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "file": self.file,
+            "external_data": self.external_data,
+            "device": self.device,
+            "device_kind": self.device_kind,
+            "provider": self.provider,
+            "provider_options": dict(self.provider_options),
+            "threads": self.threads,
+            "nodes": self.nodes,
+            "copied_const_nodes": self.copied_const_nodes,
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "predicted": self.predicted.to_json(),
+            "weight_bytes": self.weight_bytes,
+            "activation_peak_bytes": self.activation_peak_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model the folder was split from."""
+
+    path: str  # relative to the split folder
+    sha256: str  # of the model file
+    ir_version: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A split folder's manifest.
+
+    ``folder`` is where the stage files live; it is not part of the JSON
+    (a folder can be moved), so two manifests compare equal whatever their
+    folder.
+    """
+
+    folder: Path = field(compare=False)
+    source: Source
+    input_shapes: Mapping[str, tuple[int, ...]]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[GraphOutput, ...]
+    stages: tuple[Stage, ...]
+    handoffs: tuple[Handoff, ...]
+    plan_file: str
+    predicted_bottleneck_ms: float
+
+    # -- paths --
+
+    def stage_path(self, k: int) -> Path:
+        return self.folder / self.stages[k].file
+
+    def stage_paths(self) -> tuple[Path, ...]:
+        return tuple(self.folder / s.file for s in self.stages)
+
+    def source_path(self) -> Path:
+        """The original model, where it was at split time."""
+        return (self.folder / self.source.path).resolve()
+
+    def plan_path(self) -> Path:
+        return self.folder / self.plan_file
+
+    # -- views --
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    def feed_specs(self, shapes: Mapping[str, Sequence[int]] | None = None,
+                   ) -> list[tuple[str, str | None, tuple[int, ...]]]:
+        """(name, dtype, shape) of every model input, at ``shapes`` or the split's input shapes."""
+        shapes = self.input_shapes if shapes is None else shapes
+        return [(i.name, i.dtype, tuple(shapes[i.name])) for i in self.inputs]
+
+    # -- files --
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "source": {"path": self.source.path, "sha256": self.source.sha256, "ir_version": self.source.ir_version},
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "stages": [s.to_json() for s in self.stages],
+            "handoffs": [h.to_json() for h in self.handoffs],
+            "plan": self.plan_file,
+            "predicted_bottleneck_ms": self.predicted_bottleneck_ms,
+        }
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the manifest to ``path`` atomically (a reader never sees half a file)."""
+        write_json_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Any, *, where: str | os.PathLike, check_files: bool = True) -> Manifest:
+        """A manifest from its JSON document; ``where`` is the manifest file it came from.
+
+        The split folder is ``where``'s parent. Raises UsageError when the
+        document is not an onnxsplit manifest or has another version, and
+        ModelError, naming the file and the field, when a field is missing or
+        of the wrong type, a stage is out of order, a tensor is routed from or
+        to a stage that does not exist, or (with ``check_files``) a file it
+        names is missing.
+        """
+        path = Path(where)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise UsageError(f"{path}: not an onnxsplit manifest")
+        if doc.get("version") != VERSION:
+            raise UsageError(f"{path}: manifest version {doc.get('version')} is not supported (expected {VERSION})")
+        manifest = _Reader(path).manifest(doc)
+        _check_routing(manifest, path)
+        if check_files:
+            _check_files(manifest, path)
+        return manifest
+
+
+def load_manifest(outdir: str | os.PathLike) -> Manifest:
+    """The checked manifest of a split folder (see :meth:`Manifest.from_json`)."""
     outdir = Path(outdir)
-    path = outdir / "manifest.json"
+    path = outdir / FILENAME
     if not outdir.is_dir():
         raise UsageError(f"{outdir}: not a split folder (no such directory)")
     if not path.is_file():
-        raise UsageError(f"{outdir}: not a split folder (no manifest.json)")
+        raise UsageError(f"{outdir}: not a split folder (no {FILENAME})")
     try:
         doc = json.loads(path.read_text())
     except ValueError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    if doc.get("format") != FORMAT:
-        raise UsageError(f"{path}: not an onnxsplit manifest")
-    if doc.get("version") != VERSION:
-        raise UsageError(f"{path}: manifest version {doc.get('version')} is not supported (expected {VERSION})")
-    for stage in doc["stages"]:
-        if not (outdir / stage["file"]).is_file():
-            raise UsageError(f"{outdir}: stage file {stage['file']} is missing")
-    return doc
+    return Manifest.from_json(doc, where=path)
 
 
-def stage_paths(outdir: str | os.PathLike, manifest: dict[str, Any]) -> list[Path]:
-    return [Path(outdir) / s["file"] for s in manifest["stages"]]
+# -- reading and checking -----------------------------------------------------------------------------------------
 
 
-def source_model_path(outdir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    return (Path(outdir) / manifest["source"]["path"]).resolve()
+class _Reader:
+    """Typed reads of one manifest document; every failure names the file and the field's path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> ModelError:
+        return ModelError(f"{self.path}: {where}: {problem}")
+
+    def get(self, obj: dict[str, Any], key: str, where: str) -> Any:
+        if key not in obj:
+            raise self.fail(f"{where}.{key}" if where else key, "missing")
+        return obj[key]
+
+    def as_obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected an object, got {_kind(value)}")
+        return value
+
+    def as_list(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list, got {_kind(value)}")
+        return value
+
+    def as_str(self, value: Any, where: str, *, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(where, f"expected a string, got {_kind(value)}")
+        return value
+
+    def as_int(self, value: Any, where: str, *, minimum: int | None = 0, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected an integer, got {_kind(value)}")
+        if minimum is not None and value < minimum:
+            raise self.fail(where, f"expected an integer of at least {minimum}, got {value}")
+        return value
+
+    def as_number(self, value: Any, where: str) -> Any:
+        # Kept as read (int or float) so that to_json gives back the same document.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise self.fail(where, f"expected a number, got {_kind(value)}")
+        return value
+
+    def as_bool(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def as_shape(self, value: Any, where: str) -> tuple[Dim, ...] | None:
+        if value is None:
+            return None
+        dims = self.as_list(value, where)
+        for j, d in enumerate(dims):
+            if d is not None and (isinstance(d, bool) or not isinstance(d, (int, str))):
+                raise self.fail(f"{where}[{j}]", f"expected an integer, a name or null, got {_kind(d)}")
+        return tuple(dims)
+
+    def as_tensor(self, value: Any, where: str) -> tuple[str, str | None, tuple[Dim, ...] | None, dict[str, Any]]:
+        t = self.as_obj(value, where)
+        name = self.as_str(self.get(t, "name", where), f"{where}.name")
+        dtype = self.as_str(self.get(t, "dtype", where), f"{where}.dtype", optional=True)
+        return name, dtype, self.as_shape(self.get(t, "shape", where), f"{where}.shape"), t
+
+    def stages_list(self, value: Any, where: str) -> list[int]:
+        return [self.as_int(s, f"{where}[{j}]") for j, s in enumerate(self.as_list(value, where))]
+
+    def stage_input(self, value: Any, where: str) -> StageInput:
+        name, dtype, shape, t = self.as_tensor(value, where)
+        source = self.get(t, "from", where)
+        if source != "graph":
+            if isinstance(source, str):
+                raise self.fail(f"{where}.from", f"expected \"graph\" or a stage index, got {source!r}")
+            source = self.as_int(source, f"{where}.from")
+        return StageInput(name, dtype, shape, None if source == "graph" else source)
+
+    def stage_output(self, value: Any, where: str) -> StageOutput:
+        name, dtype, shape, t = self.as_tensor(value, where)
+        return StageOutput(name, dtype, shape, tuple(self.stages_list(self.get(t, "to", where), f"{where}.to")),
+                           self.as_bool(self.get(t, "graph_output", where), f"{where}.graph_output"))
+
+    def stage(self, value: Any, where: str) -> Stage:
+        s = self.as_obj(value, where)
+
+        def get(key: str) -> Any:
+            return self.get(s, key, where)
+
+        options = self.as_obj(get("provider_options"), f"{where}.provider_options")
+        p = self.as_obj(get("predicted"), f"{where}.predicted")
+        predicted = PredictedLoad(*(self.as_number(self.get(p, k, f"{where}.predicted"), f"{where}.predicted.{k}")
+                                    for k in ("compute_ms", "receive_ms", "send_ms", "load_ms")))
+        return Stage(
+            index=self.as_int(get("index"), f"{where}.index"),
+            file=self.as_str(get("file"), f"{where}.file"),
+            external_data=self.as_str(get("external_data"), f"{where}.external_data", optional=True),
+            device=self.as_int(get("device"), f"{where}.device"),
+            device_kind=self.as_str(get("device_kind"), f"{where}.device_kind"),
+            provider=self.as_str(get("provider"), f"{where}.provider"),
+            provider_options=FrozenMap(options),
+            threads=self.as_int(get("threads"), f"{where}.threads", minimum=1),
+            nodes=self.as_int(get("nodes"), f"{where}.nodes"),
+            copied_const_nodes=self.as_int(get("copied_const_nodes"), f"{where}.copied_const_nodes"),
+            inputs=tuple(self.stage_input(x, f"{where}.inputs[{j}]")
+                         for j, x in enumerate(self.as_list(get("inputs"), f"{where}.inputs"))),
+            outputs=tuple(self.stage_output(x, f"{where}.outputs[{j}]")
+                          for j, x in enumerate(self.as_list(get("outputs"), f"{where}.outputs"))),
+            predicted=predicted,
+            weight_bytes=self.as_int(get("weight_bytes"), f"{where}.weight_bytes"),
+            activation_peak_bytes=self.as_int(get("activation_peak_bytes"), f"{where}.activation_peak_bytes"),
+        )
+
+    def handoff(self, value: Any, where: str) -> Handoff:
+        name, dtype, shape, t = self.as_tensor(value, where)
+        return Handoff(name, dtype, shape, self.as_int(self.get(t, "producer", where), f"{where}.producer"),
+                       tuple(self.stages_list(self.get(t, "consumers", where), f"{where}.consumers")),
+                       self.as_int(self.get(t, "bytes_per_sample", where), f"{where}.bytes_per_sample", optional=True))
+
+    def manifest(self, doc: dict[str, Any]) -> Manifest:
+        src = self.as_obj(self.get(doc, "source", ""), "source")
+        source = Source(self.as_str(self.get(src, "path", "source"), "source.path"),
+                        self.as_str(self.get(src, "sha256", "source"), "source.sha256"),
+                        self.as_int(self.get(src, "ir_version", "source"), "source.ir_version"))
+        shapes = {}
+        for name, dims in self.as_obj(self.get(doc, "input_shapes", ""), "input_shapes").items():
+            where = f"input_shapes.{name}"
+            shapes[name] = tuple(self.as_int(d, f"{where}[{j}]") for j, d in enumerate(self.as_list(dims, where)))
+        inputs = []
+        for j, x in enumerate(self.as_list(self.get(doc, "inputs", ""), "inputs")):
+            name, dtype, shape, _ = self.as_tensor(x, f"inputs[{j}]")
+            if name not in shapes:
+                raise self.fail("input_shapes", f"no shape for model input {name!r}")
+            inputs.append(TensorSpec(name, dtype, shape))
+        outputs = []
+        for j, x in enumerate(self.as_list(self.get(doc, "outputs", ""), "outputs")):
+            name, dtype, shape, t = self.as_tensor(x, f"outputs[{j}]")
+            outputs.append(GraphOutput(name, dtype, shape, self.as_int(self.get(t, "stage", f"outputs[{j}]"),
+                                                                    f"outputs[{j}].stage")))
+        return Manifest(
+            folder=self.path.parent,
+            source=source,
+            input_shapes=FrozenMap(shapes),
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            stages=tuple(self.stage(x, f"stages[{j}]")
+                         for j, x in enumerate(self.as_list(self.get(doc, "stages", ""), "stages"))),
+            handoffs=tuple(self.handoff(x, f"handoffs[{j}]")
+                           for j, x in enumerate(self.as_list(self.get(doc, "handoffs", ""), "handoffs"))),
+            plan_file=self.as_str(self.get(doc, "plan", ""), "plan"),
+            predicted_bottleneck_ms=self.as_number(self.get(doc, "predicted_bottleneck_ms", ""),
+                                                   "predicted_bottleneck_ms"),
+        )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _check_routing(m: Manifest, path: Path) -> None:
+    """Stages numbered in pipeline order, and every tensor routed between stages that exist, forwards."""
+
+    def fail(where: str, problem: str) -> ModelError:
+        return ModelError(f"{path}: {where}: {problem}")
+
+    n = len(m.stages)
+    if n == 0:
+        raise fail("stages", "empty")
+    made = [{o.name for o in s.outputs} for s in m.stages]
+    for k, s in enumerate(m.stages):
+        if s.index != k:
+            raise fail(f"stages[{k}].index", f"is {s.index}: stages must be numbered 0..{n - 1} in pipeline order")
+        for j, i in enumerate(s.inputs):
+            where = f"stages[{k}].inputs[{j}]"
+            if i.producer is None:
+                if i.name not in m.input_names:
+                    raise fail(f"{where}.from", f"{i.name!r} comes from the graph but is not a model input")
+            elif not 0 <= i.producer < k:
+                raise fail(f"{where}.from", f"stage {i.producer} is not an earlier stage of the {n}")
+            elif i.name not in made[i.producer]:
+                raise fail(f"{where}.from", f"stage {i.producer} has no output {i.name!r}")
+        for j, o in enumerate(s.outputs):
+            for c in o.consumers:
+                if not k < c < n:
+                    raise fail(f"stages[{k}].outputs[{j}].to", f"stage {c} is not a later stage of the {n}")
+    for j, o in enumerate(m.outputs):
+        if not 0 <= o.stage < n:
+            raise fail(f"outputs[{j}].stage", f"stage {o.stage} does not exist (the split has {n})")
+        if o.name not in made[o.stage]:
+            raise fail(f"outputs[{j}].stage", f"stage {o.stage} has no output {o.name!r}")
+    for j, h in enumerate(m.handoffs):
+        if not 0 <= h.producer < n:
+            raise fail(f"handoffs[{j}].producer", f"stage {h.producer} does not exist (the split has {n})")
+        for c in h.consumers:
+            if not 0 <= c < n:
+                raise fail(f"handoffs[{j}].consumers", f"stage {c} does not exist (the split has {n})")
+
+
+def _check_files(m: Manifest, path: Path) -> None:
+    for k, s in enumerate(m.stages):
+        for key, name in (("file", s.file), ("external_data", s.external_data)):
+            if name is not None and not (m.folder / name).is_file():
+                raise ModelError(f"{path}: stages[{k}].{key}: {name} is missing")

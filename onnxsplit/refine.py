@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph
-from onnxsplit.manifest import write_json_atomic
+from onnxsplit.fileio import write_json_atomic
 from onnxsplit.rewrite.extract import copy_tree_atomic
 from onnxsplit.solve.plan import stage_loads
 from onnxsplit.solve.select import solve
-from onnxsplit.split import SplitResult, split
+from onnxsplit.splitting import SplitResult, split
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def refine_split(model_path: str | os.PathLike, outdir: str | os.PathLike, *, ro
     history = [Round(0, result.plan.value, max(measured), best_throughput, True)]
     # Costs as the measurements so far say; the plan last measured, and its stage times.
     graph, plan = result.graph, result.plan
-    options = {k: v for k, v in split_options.items() if k not in ("force", "plan_path")}
+    options = {k: v for k, v in split_options.items() if k not in ("force", "plan")}
     for r in range(1, rounds + 1):
         predicted = [sl.compute for sl in stage_loads(graph, devices, plan.stage_of, plan.stage_device)]
         ratios = [m / p if p > 0 else 1.0 for m, p in zip(measured, predicted)]
@@ -74,10 +74,8 @@ def refine_split(model_path: str | os.PathLike, outdir: str | os.PathLike, *, ro
             break
         trial = outdir.with_name(f".{outdir.name}.refine{r}")
         shutil.rmtree(trial, ignore_errors=True)
-        plan_file = outdir.with_name(f".{outdir.name}.refine{r}.json")
-        plan_file.write_text(json.dumps({graph.names[v]: new_plan.stage_of[v] for v in range(graph.n)}))
         try:
-            candidate = split(model_path, trial, plan_path=plan_file, **options)
+            candidate = split(model_path, trial, plan=new_plan, **options)
             throughput, measured = _measure(trial, seconds)
             kept = throughput > best_throughput
             history.append(Round(r, new_plan.value, max(measured), throughput, kept))
@@ -85,12 +83,14 @@ def refine_split(model_path: str | os.PathLike, outdir: str | os.PathLike, *, ro
                      max(measured), throughput, " (kept)" if kept else "")
             if kept:
                 copy_tree_atomic(trial, outdir, force=True)
-                best_throughput, result = throughput, candidate
+                # The trial folder is a sibling of outdir, so the manifest's relative paths hold there too.
+                moved = replace(candidate.manifest, folder=outdir)
+                best_throughput, result = throughput, replace(candidate, outdir=outdir, manifest=moved)
         finally:
             shutil.rmtree(trial, ignore_errors=True)
-            plan_file.unlink(missing_ok=True)
         plan = candidate.plan
-    doc = json.loads((outdir / "plan.json").read_text())
+    plan_path = result.manifest.plan_path()
+    doc = json.loads(plan_path.read_text())
     doc["refine"] = [h.as_dict() for h in history]
-    write_json_atomic(outdir / "plan.json", doc)
+    write_json_atomic(plan_path, doc)
     return result, history

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxsplit.manifest import load_manifest, source_model_path, stage_paths
+from onnxsplit.manifest import load_manifest
 from onnxsplit.model import load_model
 from onnxsplit.ortutil import make_session, random_feeds
-from onnxsplit.validate import run_stages
+from onnxsplit.validation import run_stages
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,15 @@ def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: in
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
-    specs = [(i["name"], i["dtype"], tuple(manifest["input_shapes"][i["name"]])) for i in manifest["inputs"]]
-    env = run_stages(outdir, manifest, random_feeds(specs, seed=seed))
+    env = run_stages(manifest, random_feeds(manifest.feed_specs(), seed=seed))
     sessions, feeds = [], []
-    for stage, path in zip(manifest["stages"], stage_paths(outdir, manifest)):
-        sessions.append(make_session(path, provider=stage["provider"], provider_options=stage["provider_options"], threads=1))
-        feeds.append({i["name"]: env[i["name"]] for i in stage["inputs"]})
-    original = load_model(source_model_path(outdir, manifest))
+    for stage, path in zip(manifest.stages, manifest.stage_paths()):
+        sessions.append(make_session(path, provider=stage.provider, provider_options=dict(stage.provider_options),
+                                     threads=1))
+        feeds.append({i.name: env[i.name] for i in stage.inputs})
+    original = load_model(manifest.source_path())
     sessions.append(make_session(original.proto.SerializeToString(), threads=1, external_folder=original.base_dir))
-    feeds.append({i["name"]: env[i["name"]] for i in manifest["inputs"]})
+    feeds.append({name: env[name] for name in manifest.input_names})
     samples: list[list[float]] = [[] for _ in sessions]
     for step in range(warmup + runs):
         for k, (session, feed) in enumerate(zip(sessions, feeds)):
@@ -60,7 +60,7 @@ def time_stages(outdir: str | Path, *, runs: int = 30, warmup: int = 5, seed: in
             session.run(None, feed)
             if step >= warmup:
                 samples[k].append((time.perf_counter() - start) * 1e3)
-    predicted_total = sum(stage["predicted"]["compute_ms"] for stage in manifest["stages"])
+    predicted_total = sum(stage.predicted.compute_ms for stage in manifest.stages)
     speed = float(np.median(samples[-1])) / predicted_total if predicted_total > 0 else 1.0
-    return [StageTiming(k, stage["predicted"]["compute_ms"], float(np.median(samples[k])), speed)
-            for k, stage in enumerate(manifest["stages"])]
+    return [StageTiming(k, stage.predicted.compute_ms, float(np.median(samples[k])), speed)
+            for k, stage in enumerate(manifest.stages)]

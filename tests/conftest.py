@@ -34,11 +34,11 @@ def light():
 
 def split_and_check(model_path, outdir, devices, **kwargs):
     """Split, check every stage with the full checker, validate; return (result, report)."""
-    from onnxsplit.split import split
-    from onnxsplit.validate import validate
+    from onnxsplit.splitting import split
+    from onnxsplit.validation import validate
 
     result = split(model_path, outdir, devices=devices, **kwargs)
-    for stage in result.manifest["stages"]:
-        onnx.checker.check_model(str(Path(outdir) / stage["file"]), full_check=True)
+    for stage in result.manifest.stages:
+        onnx.checker.check_model(str(Path(outdir) / stage.file), full_check=True)
     report = validate(outdir, check_handoffs=True)
     return result, report

@@ -37,7 +37,7 @@ def test_costgraph_command_writes_a_graph_the_solver_reads(tmp_path, fmt):
     from onnxsplit.cli.common import parse_devices
     from onnxsplit.cli.main import main
     from onnxsplit.solve.linear import solve_linear
-    from onnxsplit.split import prepare
+    from onnxsplit.splitting import prepare
 
     out = tmp_path / "g.json"
     assert main(["costgraph", str(MODELS / "branchy_cnn.onnx"), "--devices", "3", "--input-shape", "image:8x3x32x32",

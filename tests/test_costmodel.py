@@ -14,7 +14,7 @@ from onnxsplit.model import load_model
 from onnxsplit.profile.estimate import estimate_times
 from onnxsplit.profile.store import NodeTime, Profile, ProfileError, save_profile
 from onnxsplit.shapes import concrete_types
-from onnxsplit.split import prepare, split
+from onnxsplit.splitting import prepare, split
 
 
 def _relu_chain(tmp_path):

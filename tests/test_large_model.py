@@ -9,7 +9,7 @@ import sys
 import onnx
 
 import make_models
-from onnxsplit.validate import validate
+from onnxsplit.validation import validate
 
 PEAK = ("import resource, sys; from onnxsplit.cli.main import main; code = main(sys.argv[1:]); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")

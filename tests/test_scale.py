@@ -13,8 +13,8 @@ import pytest
 
 import make_models
 from onnxsplit.solve.plan import check_plan
-from onnxsplit.split import split
-from onnxsplit.validate import validate
+from onnxsplit.splitting import split
+from onnxsplit.validation import validate
 
 LAYERS = 56
 
@@ -33,7 +33,7 @@ def test_deep_transformer_splits(tmp_path):
     plan = result.plan
     # Fewer stages are allowed, but only with the warning that says why.
     assert plan.num_stages == 4 or any("of the 4 devices" in w for w in result.warnings), result.warnings
-    assert len(result.manifest["stages"]) == plan.num_stages
+    assert len(result.manifest.stages) == plan.num_stages
     # A proven bound with a small, reported gap: the relaxed DP's promise on graphs this size.
     assert plan.lower_bound <= plan.value
     assert math.isfinite(plan.gap) and plan.gap < 0.5, (plan.solver, plan.value, plan.lower_bound, plan.notes)

@@ -39,13 +39,13 @@ def test_split_validates(name, devices, tmp_path):
     model_path, shapes = CASES[name]
     result, report = split_and_check(model_path, tmp_path / "solved", devices, input_shapes=shapes)
     assert report.passed, report.as_dict()
-    assert 1 <= len(result.manifest["stages"]) <= devices
+    assert 1 <= len(result.manifest.stages) <= devices
 
     # The same model forced into exactly `devices` stages, wherever the cuts fall.
-    n_nodes = sum(s["nodes"] for s in result.manifest["stages"])
+    n_nodes = sum(s.nodes for s in result.manifest.stages)
     if n_nodes < devices:
         pytest.skip(f"{name} has too few nodes for {devices} stages")
     plan = _chunk_plan(tmp_path / "plan.json", model_path, devices)
-    forced, report = split_and_check(model_path, tmp_path / "forced", devices, input_shapes=shapes, plan_path=plan)
+    forced, report = split_and_check(model_path, tmp_path / "forced", devices, input_shapes=shapes, plan=plan)
     assert report.passed, report.as_dict()
-    assert len(forced.manifest["stages"]) == devices
+    assert len(forced.manifest.stages) == devices

@@ -23,8 +23,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.costgraph_io import dump_costgraph
-    from onnxsplit.manifest import write_json_atomic
-    from onnxsplit.split import prepare
+    from onnxsplit.fileio import write_json_atomic
+    from onnxsplit.splitting import prepare
 
     devices = parse_devices(args.devices)
     prepared = prepare(args.model, devices, input_shapes=parse_input_shapes(args.input_shape), costs=args.costs,

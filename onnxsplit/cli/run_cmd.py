@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from onnxsplit.cli.common import console as wide_console
 from onnxsplit.errors import UsageError
+from onnxsplit.fileio import save_npz_atomic
 
 
 def add_parser(sub) -> None:
@@ -22,31 +21,20 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    if path.parent and not path.parent.is_dir():
-        raise UsageError(f"-o {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        # A file object, so numpy writes exactly this name (no added .npz).
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.manifest import load_manifest
     from onnxsplit.ortutil import load_feeds
     from onnxsplit.runtime import Pipeline
 
     manifest = load_manifest(args.outdir)
-    feeds = load_feeds(args.inputs, [i["name"] for i in manifest["inputs"]])
+    feeds = load_feeds(args.inputs, list(manifest.input_names))
     with Pipeline(args.outdir, pin=not args.no_pin) as pipe:
         outputs = pipe.run(feeds)
     out = Path(args.output)
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist")
     save_npz_atomic(out, outputs)
-    table = Table(title=f"{args.outdir}: {len(manifest['stages'])} stages")
+    table = Table(title=f"{args.outdir}: {len(manifest.stages)} stages")
     for col in ("output", "dtype", "shape"):
         table.add_column(col)
     for name, value in outputs.items():

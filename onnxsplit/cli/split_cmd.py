@@ -43,10 +43,10 @@ def _mb(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxsplit.split import split
+    from onnxsplit.splitting import split
 
     devices = parse_devices(args.devices, memory=args.device_memory)
-    options = dict(devices=devices, input_shapes=parse_input_shapes(args.input_shape), plan_path=args.plan,
+    options = dict(devices=devices, input_shapes=parse_input_shapes(args.input_shape), plan=args.plan,
                    solver=args.solver, time_limit=args.time_limit, force=args.force, costs=args.costs,
                    profile_path=args.profile, objective=args.objective)
     rounds = []
@@ -63,17 +63,17 @@ def run(args: argparse.Namespace) -> int:
             result = split(args.model, args.output, **options)
     console = wide_console()
     m, plan = result.manifest, result.plan
-    bottleneck = max(range(len(m["stages"])), key=lambda s: m["stages"][s]["predicted"]["load_ms"])
+    bottleneck = max(m.stages, key=lambda s: s.predicted.load_ms).index
     table = Table(title=f"{args.model} -> {args.output} ({plan.solver} solver)")
     for col in ("stage", "device", "nodes", "predicted ms", "weights", "in", "out", ""):
         table.add_column(col, justify="right" if col not in ("", "device") else "left")
-    handoff_bytes = {h["name"]: h["bytes_per_sample"] or 0 for h in m["handoffs"]}
-    for s in m["stages"]:
-        bytes_in = sum(handoff_bytes.get(i["name"], 0) for i in s["inputs"] if i["from"] != "graph")
-        bytes_out = sum(handoff_bytes.get(o["name"], 0) for o in s["outputs"] if o["to"])
-        table.add_row(str(s["index"]), f"{s['device_kind']}:{s['device']}", str(s["nodes"]),
-                      f"{s['predicted']['load_ms']:.4f}", _mb(s["weight_bytes"]), _mb(bytes_in), _mb(bytes_out),
-                      "bottleneck" if s["index"] == bottleneck else "")
+    handoff_bytes = {h.name: h.bytes_per_sample or 0 for h in m.handoffs}
+    for s in m.stages:
+        bytes_in = sum(handoff_bytes.get(i.name, 0) for i in s.inputs if i.producer is not None)
+        bytes_out = sum(handoff_bytes.get(o.name, 0) for o in s.outputs if o.consumers)
+        table.add_row(str(s.index), f"{s.device_kind}:{s.device}", str(s.nodes),
+                      f"{s.predicted.load_ms:.4f}", _mb(s.weight_bytes), _mb(bytes_in), _mb(bytes_out),
+                      "bottleneck" if s.index == bottleneck else "")
     console.print(table)
     console.print(f"predicted bottleneck {plan.value:.4f} ms (lower bound {plan.lower_bound:.4f}, gap {plan.gap:.1%}); "
                   f"split in {result.seconds:.2f} s")

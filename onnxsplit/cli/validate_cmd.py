@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxsplit.validate import validate
+    from onnxsplit.validation import validate
 
     report = validate(args.outdir, model_path=args.model, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol,
                       check_handoffs=args.check_handoffs)

@@ -15,11 +15,11 @@ alike instead of whichever happened to run at the bad moment.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from onnxsplit.errors import UsageError
-from onnxsplit.manifest import load_manifest, source_model_path
+from onnxsplit.manifest import Manifest, TensorSpec, load_manifest
+from onnxsplit.model import check_source
 from onnxsplit.ortutil import make_session, random_feeds
 from onnxsplit.runtime.pipeline import Pipeline, StageStats
 
@@ -110,18 +111,20 @@ def _plain(value: Any) -> dict[str, Any]:
             for k, v in ((k, getattr(value, k)) for k in value.__dataclass_fields__)}
 
 
-def bench_shapes(manifest: dict[str, Any], *, batch: int | None = None) -> tuple[dict[str, tuple[int, ...]], float]:
-    """Input shapes to benchmark at, and how much bigger the batch is than the manifest's.
+def bench_shapes(inputs: Sequence[TensorSpec], input_shapes: Mapping[str, Sequence[int]], *,
+                 batch: int | None = None) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Input shapes to benchmark at, and how much bigger the batch is than the split's.
 
-    ``batch`` replaces the first dim of every input whose first dim is
-    symbolic; None keeps the manifest's ``input_shapes``.
+    ``inputs`` and ``input_shapes`` are a manifest's. ``batch`` replaces the
+    first dim of every input whose first dim is symbolic; None keeps
+    ``input_shapes``.
     """
-    shapes = {i["name"]: tuple(manifest["input_shapes"][i["name"]]) for i in manifest["inputs"]}
+    shapes = {i.name: tuple(input_shapes[i.name]) for i in inputs}
     if batch is None:
         return shapes, 1.0
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
-    dynamic = [i["name"] for i in manifest["inputs"] if i["shape"] and not isinstance(i["shape"][0], int)]
+    dynamic = [i.name for i in inputs if i.shape and not isinstance(i.shape[0], int)]
     if not dynamic:
         raise UsageError("--batch: no model input has a symbolic first dimension")
     scale = batch / shapes[dynamic[0]][0]
@@ -133,19 +136,6 @@ def bench_shapes(manifest: dict[str, Any], *, batch: int | None = None) -> tuple
 def _samples(shapes: dict[str, tuple[int, ...]]) -> int:
     # The first dim of the first input that has one is the batch, by convention.
     return next((s[0] for s in shapes.values() if len(s) >= 1 and s[0] > 0), 1)
-
-
-def _check_source(outdir: Path, manifest: dict[str, Any], model_path: str | os.PathLike | None) -> Path:
-    path = Path(model_path) if model_path is not None else source_model_path(outdir, manifest)
-    if not path.is_file():
-        raise UsageError(f"original model {path} not found (pass --model if it moved)")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != manifest["source"]["sha256"]:
-        raise UsageError(f"{path} is not the model this folder was split from (sha256 differs)")
-    return path
 
 
 def _percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -226,7 +216,7 @@ def _throughput(label: str, threads: int, windows: list[_Window], samples: int) 
 def _stage_results(pipe: Pipeline, windows: list[_Window], scale: float) -> tuple[StageResult, ...]:
     fields = ("busy_s", "starved_s", "blocked_s", "other_s")
     out = []
-    for k, (spec, doc) in enumerate(zip(pipe.specs, pipe.manifest["stages"])):
+    for k, (spec, stage) in enumerate(zip(pipe.specs, pipe.manifest.stages)):
         runs = sum(w.after[k].runs - w.before[k].runs for w in windows)
         spent = {f: sum(getattr(w.after[k], f) - getattr(w.before[k], f) for w in windows) for f in fields}
         # The phases tile the time between two snapshots, so this is the windows' length.
@@ -236,7 +226,7 @@ def _stage_results(pipe: Pipeline, windows: list[_Window], scale: float) -> tupl
             runs=runs, busy=spent["busy_s"] / total, starved=spent["starved_s"] / total,
             blocked=spent["blocked_s"] / total, other=spent["other_s"] / total,
             measured_ms=spent["busy_s"] / runs * 1e3 if runs else float("nan"),
-            predicted_ms=float(doc["predicted"]["load_ms"]) * scale,
+            predicted_ms=float(stage.predicted.load_ms) * scale,
         ))
     return tuple(out)
 
@@ -266,12 +256,13 @@ def bench(
         raise UsageError(f"--rounds and in_flight_per_stage must be at least 1 (got {rounds}, {in_flight_per_stage})")
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
-    source = _check_source(outdir, manifest, model_path)
-    shapes, scale = bench_shapes(manifest, batch=batch)
-    feeds = random_feeds([(i["name"], i["dtype"], shapes[i["name"]]) for i in manifest["inputs"]], seed=seed)
+    source = check_source(model_path if model_path is not None else manifest.source_path(), manifest.source.sha256,
+                          what="this folder was split from")
+    shapes, scale = bench_shapes(manifest.inputs, manifest.input_shapes, batch=batch)
+    feeds = random_feeds(manifest.feed_specs(shapes), seed=seed)
     samples = _samples(shapes)
-    in_flight = in_flight_per_stage * len(manifest["stages"])
-    total_threads = sum(int(s.get("threads") or 1) for s in manifest["stages"])
+    in_flight = in_flight_per_stage * len(manifest.stages)
+    total_threads = sum(s.threads for s in manifest.stages)
     turn = seconds / rounds
 
     with Pipeline(outdir, queue_size=queue_size, pin=pin) as pipe:

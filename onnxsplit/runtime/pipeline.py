@@ -30,11 +30,10 @@ import numpy as np
 
 from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.manifest import load_manifest
+from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session, to_host
+from onnxsplit.runtime.specs import CUDA, StageSpec, assign_cores, stage_specs
 
 log = logging.getLogger(__name__)
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 
 
 class StageError(OnnxSplitError):
@@ -50,26 +49,6 @@ class FeedError(OnnxSplitError):
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """What one stage worker needs to know, read from the manifest."""
-
-    index: int
-    path: Path
-    provider: str
-    provider_options: Mapping[str, Any]
-    threads: int
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    graph_outputs: tuple[str, ...]  # model outputs this stage makes
-    keep: frozenset[str]  # tensors a request still needs after this stage
-    on_device: frozenset[str]  # outputs left on the GPU for the next stage (CUDA only)
-
-    @property
-    def device_id(self) -> int:
-        return int(self.provider_options.get("device_id", 0))
-
-
-@dataclass(frozen=True)
 class StageStats:
     """Counters of one stage worker since the pipeline started; diff two snapshots for a window."""
 
@@ -80,147 +59,6 @@ class StageStats:
     blocked_s: float  # waiting for room in the next stage's queue
     other_s: float  # the worker's own Python work: routing, bookkeeping
     cores: tuple[int, ...]  # the cores the worker was pinned to (empty: not pinned)
-
-
-def stage_specs(outdir: str | os.PathLike, manifest: dict[str, Any]) -> tuple[StageSpec, ...]:
-    """Each stage's inputs, outputs and what survives it, from the manifest alone."""
-    stages = manifest["stages"]
-    made_by = {o["name"]: s["index"] for s in stages for o in s["outputs"]}
-    graph_outputs = [o["name"] for o in manifest["outputs"]]
-    specs = []
-    for k, s in enumerate(stages):
-        if s["index"] != k:
-            raise UsageError(f"{outdir}: manifest stages are not numbered in pipeline order")
-        later = {i["name"] for t in stages[k + 1:] for i in t["inputs"]}
-        on_device = set()
-        if s["provider"] == CUDA:
-            for o in s["outputs"]:
-                readers = [stages[j] for j in o["to"]]
-                # A hand-off stays on the GPU only when every reader runs on the same GPU;
-                # anything else goes through the host, which onnxruntime can always read.
-                if readers and all(r["provider"] == CUDA and _device_id(r) == _device_id(s) for r in readers):
-                    on_device.add(o["name"])
-        specs.append(StageSpec(
-            index=k,
-            path=Path(outdir) / s["file"],
-            provider=s["provider"],
-            provider_options=dict(s.get("provider_options") or {}),
-            threads=int(s.get("threads") or 1),
-            inputs=tuple(i["name"] for i in s["inputs"]),
-            outputs=tuple(o["name"] for o in s["outputs"]),
-            graph_outputs=tuple(n for n in graph_outputs if made_by.get(n) == k),
-            keep=frozenset(later),
-            on_device=frozenset(on_device),
-        ))
-    return tuple(specs)
-
-
-def _device_id(stage: dict[str, Any]) -> int:
-    return int((stage.get("provider_options") or {}).get("device_id", 0))
-
-
-def assign_cores(specs: tuple[StageSpec, ...], *, pin: bool) -> tuple[tuple[int, ...], ...]:
-    """Disjoint cores for every CPU stage (as many as its threads), or none when they do not fit.
-
-    onnxruntime's intra-op threads are made by the worker thread when the
-    session opens, so they inherit the worker's affinity: a stage with T
-    threads needs T cores of its own.
-    """
-    none: tuple[tuple[int, ...], ...] = tuple(() for _ in specs)
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return none
-    cores = sorted(os.sched_getaffinity(0))
-    wanted = sum(s.threads for s in specs if s.provider == CPU)
-    if wanted > len(cores):
-        log.info("not pinning: the CPU stages want %d threads but only %d cores are available", wanted, len(cores))
-        return none
-    out, next_core = [], 0
-    for s in specs:
-        if s.provider != CPU:
-            out.append(())
-            continue
-        out.append(tuple(cores[next_core:next_core + s.threads]))
-        next_core += s.threads
-    return tuple(out)
-
-
-def open_session(spec: StageSpec, *, spin: bool):
-    """An onnxruntime session for one stage, on the manifest's provider, options and threads."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if spec.provider not in available:
-        raise UsageError(f"stage {spec.index}: execution provider {spec.provider!r} is not available here "
-                         f"(available: {', '.join(available)})")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = spec.threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if not spin:
-        # Idle pool threads that spin steal the core from the other stages' workers.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers: list[Any] = [(spec.provider, dict(spec.provider_options))]
-    if spec.provider != CPU:
-        providers.append(CPU)  # nodes the accelerator cannot run fall back to the host
-    return ort.InferenceSession(str(spec.path), sess_options=opts, providers=providers)
-
-
-class HostRunner:
-    """Runs a stage with numpy in, numpy out (every CPU stage)."""
-
-    def __init__(self, session: Any, spec: StageSpec) -> None:
-        self.session = session
-        self.outputs = list(spec.outputs)
-
-    def __call__(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        feeds = {n: _to_host(v) for n, v in feeds.items()}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
-
-
-class BindingRunner:
-    """Runs a stage through IO binding, so tensors can stay on the device between stages.
-
-    Inputs may be numpy arrays (copied in by onnxruntime) or OrtValues already
-    on the device; outputs in ``spec.on_device`` stay on ``device_type`` as
-    OrtValues, every other output comes back as a numpy array.
-    """
-
-    def __init__(self, session: Any, spec: StageSpec, *, device_type: str = "cuda") -> None:
-        self.session = session
-        self.outputs = list(spec.outputs)
-        self.on_device = spec.on_device
-        self.device_type = device_type
-        self.device_id = spec.device_id
-
-    def __call__(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        import onnxruntime as ort
-
-        # A fresh binding per call: each request gets its own output buffers,
-        # so a tensor handed to the next stage is never overwritten under it.
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in self.outputs:
-            if name in self.on_device:
-                binding.bind_output(name, self.device_type, self.device_id)
-            else:
-                binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        return {name: (value if name in self.on_device else value.numpy())
-                for name, value in zip(self.outputs, values)}
-
-
-def _to_host(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value
-    numpy = getattr(value, "numpy", None)  # an OrtValue left on a device by a CUDA stage
-    return numpy() if callable(numpy) else value
 
 
 def _one_line(exc: BaseException) -> str:
@@ -334,7 +172,7 @@ class _Worker:
         for name in self.spec.graph_outputs:
             req.outputs[name] = values[name]
         if self.outbox is None:
-            _finish(req.future, result={n: _to_host(req.outputs[n]) for n in self.output_order})
+            _finish(req.future, result={n: to_host(req.outputs[n]) for n in self.output_order})
             return
         # Drop what no later stage reads, so big activations are freed as early as possible.
         env = {n: v for n, v in req.env.items() if n in self.spec.keep}
@@ -373,9 +211,9 @@ class Pipeline:
             raise UsageError(f"queue_size must be at least 1, got {queue_size}")
         self.outdir = Path(outdir)
         self.manifest = load_manifest(self.outdir)
-        self.specs = stage_specs(self.outdir, self.manifest)
-        self.input_names = tuple(i["name"] for i in self.manifest["inputs"])
-        self.output_names = tuple(o["name"] for o in self.manifest["outputs"])
+        self.specs = stage_specs(self.manifest)
+        self.input_names = self.manifest.input_names
+        self.output_names = self.manifest.output_names
         made = {n for s in self.specs for n in s.outputs}
         # A model output that is also a model input passes straight through.
         self._passthrough = tuple(n for n in self.output_names if n not in made and n in self.input_names)

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import MODELS
 from onnxsplit.cli.main import main
-from onnxsplit.errors import UsageError
+from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.runtime.bench import BenchResult, bench, bench_shapes
-from onnxsplit.split import split
+from onnxsplit.manifest import TensorSpec
+from onnxsplit.splitting import split
 
 LIMIT_S = 60
 
@@ -83,23 +84,22 @@ def test_bench_batch(transformer):
 
 
 def test_bench_shapes():
-    manifest = {
-        "input_shapes": {"a": [4, 3], "b": [2, 5], "c": [7]},
-        "inputs": [{"name": "a", "shape": ["N", 3]}, {"name": "b", "shape": [2, 5]}, {"name": "c", "shape": [None]}],
-    }
-    assert bench_shapes(manifest) == ({"a": (4, 3), "b": (2, 5), "c": (7,)}, 1.0)
-    assert bench_shapes(manifest, batch=8) == ({"a": (8, 3), "b": (2, 5), "c": (8,)}, 2.0)
+    input_shapes = {"a": [4, 3], "b": [2, 5], "c": [7]}
+    inputs = [TensorSpec("a", "float32", ("N", 3)), TensorSpec("b", "float32", (2, 5)),
+              TensorSpec("c", "float32", (None,))]
+    assert bench_shapes(inputs, input_shapes) == ({"a": (4, 3), "b": (2, 5), "c": (7,)}, 1.0)
+    assert bench_shapes(inputs, input_shapes, batch=8) == ({"a": (8, 3), "b": (2, 5), "c": (8,)}, 2.0)
     with pytest.raises(UsageError, match="at least 1"):
-        bench_shapes(manifest, batch=0)
-    fixed = {"input_shapes": {"b": [2, 5]}, "inputs": [{"name": "b", "shape": [2, 5]}]}
+        bench_shapes(inputs, input_shapes, batch=0)
+    fixed = [TensorSpec("b", "float32", (2, 5))]
     with pytest.raises(UsageError, match="no model input has a symbolic first dimension"):
-        bench_shapes(fixed, batch=4)
+        bench_shapes(fixed, {"b": [2, 5]}, batch=4)
 
 
 def test_bench_checks_the_original(transformer, tmp_path):
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(ModelError, match="missing.onnx: no such file"):
         bench(transformer, seconds=0.1, model_path=tmp_path / "missing.onnx")
-    with pytest.raises(UsageError, match="sha256 differs"):
+    with pytest.raises(ModelError, match="is not the model this folder was split from"):
         bench(transformer, seconds=0.1, model_path=MODELS / "branchy_cnn.onnx")
     with pytest.raises(UsageError, match="--seconds"):
         bench(transformer, seconds=0)

@@ -25,8 +25,10 @@ from onnxsplit.cli.main import main
 from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.ortutil import make_session, random_feeds
 from onnxsplit.runtime import FeedError, Pipeline, StageError
-from onnxsplit.runtime.pipeline import BindingRunner, HostRunner, assign_cores, open_session, stage_specs
-from onnxsplit.split import split
+from onnxsplit.manifest import Manifest, load_manifest
+from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session
+from onnxsplit.runtime.specs import assign_cores, stage_specs
+from onnxsplit.splitting import split
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -100,15 +102,14 @@ def chain3(tmp_path_factory):
     plan = {n.name: (0 if n.name in {"mm0", "scale0", "relu0"} else 1 if n.name in stage1 else 2)
             for n in m.graph.node if n.op_type != "Constant"}
     (work / "plan.json").write_text(json.dumps(plan))
-    split(path, work / "out", devices=3, plan_path=work / "plan.json", input_shapes={"x": (2, 8)})
+    split(path, work / "out", devices=3, plan=work / "plan.json", input_shapes={"x": (2, 8)})
     return work / "out", path
 
 
 @timeout(60)
 def test_routing_follows_the_manifest(chain3):
     outdir, _ = chain3
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    specs = stage_specs(outdir, manifest)
+    specs = stage_specs(load_manifest(outdir))
     assert [s.inputs for s in specs][0] == ("x",) and "x" in specs[2].inputs
     assert "r0" in specs[1].inputs and "r0" in specs[2].inputs
     assert specs[0].graph_outputs == ("r0",) and specs[2].graph_outputs == ("y",)
@@ -327,7 +328,7 @@ def test_binding_runner_on_cpu(chain3):
     import onnxruntime as ort
 
     outdir, path = chain3
-    specs = stage_specs(outdir, json.loads((outdir / "manifest.json").read_text()))
+    specs = stage_specs(load_manifest(outdir))
     feeds = random_feeds([("x", "float32", (2, 8))], seed=3)
     env = dict(feeds)
     for spec in specs:
@@ -349,7 +350,7 @@ def test_binding_runner_on_cpu(chain3):
 
 def test_assign_cores(monkeypatch, chain3):
     outdir, _ = chain3
-    specs = stage_specs(outdir, json.loads((outdir / "manifest.json").read_text()))
+    specs = stage_specs(load_manifest(outdir))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {4, 5, 6, 7}, raising=False)
     assert assign_cores(specs, pin=True) == ((4,), (5,), (6,))
     assert assign_cores(specs, pin=False) == ((), (), ())
@@ -365,7 +366,7 @@ def test_unavailable_provider_is_a_user_error(transformer, tmp_path):
     doc["stages"][1]["provider"] = "CUDAExecutionProvider"
     doc["source"]["path"] = str((MODELS / "transformer.onnx").resolve())
     (copy / "manifest.json").write_text(json.dumps(doc))
-    specs = stage_specs(copy, doc)
+    specs = stage_specs(Manifest.from_json(doc, where=copy / "manifest.json"))
     assert specs[0].on_device == frozenset()  # a CPU stage never keeps tensors on a device
     import onnxruntime as ort
 

@@ -8,9 +8,9 @@ from conftest import MODELS
 from onnxsplit.cli.main import main
 from onnxsplit.refine import scale_by_stage
 from onnxsplit.solve.plan import stage_loads
-from onnxsplit.split import prepare
+from onnxsplit.splitting import prepare
 from onnxsplit.devices import identical_devices
-from onnxsplit.validate import validate
+from onnxsplit.validation import validate
 
 
 def test_refine_records_rounds_and_keeps_a_valid_split(tmp_path):

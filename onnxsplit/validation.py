@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from onnxsplit.errors import UsageError
-from onnxsplit.manifest import load_manifest, source_model_path, stage_paths
-from onnxsplit.model import load_model
+from onnxsplit.manifest import Manifest, load_manifest
+from onnxsplit.model import check_source, load_model
 from onnxsplit.ortutil import load_feeds, make_session, random_feeds, run_with_outputs
 
 # fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that
@@ -87,13 +87,17 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
     return Comparison(name, dtype, max_abs, max_rel, rtol, atol, needed_atol, needed_rtol, passed, stage)
 
 
-def run_stages(outdir: Path, manifest: dict[str, Any], feeds: dict[str, np.ndarray], *, threads: int = 1) -> dict[str, np.ndarray]:
-    """Chain the stages by the manifest: every stage reads graph inputs or earlier stages' outputs."""
+def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int = 1) -> dict[str, np.ndarray]:
+    """Chain the stages by the manifest: every stage reads graph inputs or earlier stages' outputs.
+
+    Returns the feeds and every stage output, by name.
+    """
     env = dict(feeds)
-    for stage, path in zip(manifest["stages"], stage_paths(outdir, manifest)):
-        session = make_session(path, provider=stage["provider"], provider_options=stage["provider_options"], threads=threads)
-        names = [o["name"] for o in stage["outputs"]]
-        values = session.run(names, {i["name"]: env[i["name"]] for i in stage["inputs"]})
+    for stage, path in zip(manifest.stages, manifest.stage_paths()):
+        session = make_session(path, provider=stage.provider, provider_options=dict(stage.provider_options),
+                               threads=threads)
+        names = [o.name for o in stage.outputs]
+        values = session.run(names, {i.name: env[i.name] for i in stage.inputs})
         env.update(zip(names, values))
     return env
 
@@ -120,29 +124,24 @@ def validate(
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
-    path = Path(model_path) if model_path is not None else source_model_path(outdir, manifest)
-    if not path.exists():
-        raise UsageError(f"original model {path} not found (pass --model if it moved)")
+    path = check_source(model_path if model_path is not None else manifest.source_path(), manifest.source.sha256,
+                        what="this folder was split from")
     model = load_model(path)
     notes = []
-    if model.sha256 != manifest["source"]["sha256"]:
-        raise UsageError(f"{path} is not the model this folder was split from (sha256 differs)")
-    names = [i["name"] for i in manifest["inputs"]]
     if inputs_path is not None:
-        feeds = load_feeds(inputs_path, names)
+        feeds = load_feeds(inputs_path, list(manifest.input_names))
     else:
-        specs = [(i["name"], i["dtype"], tuple(manifest["input_shapes"][i["name"]])) for i in manifest["inputs"]]
-        feeds = random_feeds(specs, seed=seed)
-    handoff_names = [h["name"] for h in manifest["handoffs"]] if check_handoffs else []
-    want = run_with_outputs(model, handoff_names, feeds)
-    got = run_stages(outdir, manifest, feeds)
+        feeds = random_feeds(manifest.feed_specs(), seed=seed)
+    checked = manifest.handoffs if check_handoffs else ()
+    want = run_with_outputs(model, [h.name for h in checked], feeds)
+    got = run_stages(manifest, feeds)
     outputs = []
-    for o in manifest["outputs"]:
-        r, a = _tolerance(str(want[o["name"]].dtype), rtol, atol)
-        outputs.append(compare(o["name"], got[o["name"]], want[o["name"]], rtol=r, atol=a, stage=o["stage"]))
+    for o in manifest.outputs:
+        r, a = _tolerance(str(want[o.name].dtype), rtol, atol)
+        outputs.append(compare(o.name, got[o.name], want[o.name], rtol=r, atol=a, stage=o.stage))
     handoffs = []
-    for h in manifest["handoffs"] if check_handoffs else []:
-        r, a = _tolerance(str(want[h["name"]].dtype), rtol, atol)
-        handoffs.append(compare(h["name"], got[h["name"]], want[h["name"]], rtol=r, atol=a, stage=h["producer"]))
+    for h in checked:
+        r, a = _tolerance(str(want[h.name].dtype), rtol, atol)
+        handoffs.append(compare(h.name, got[h.name], want[h.name], rtol=r, atol=a, stage=h.producer))
     bad = sorted(c.stage for c in list(handoffs) + outputs if not c.passed and c.stage is not None)
     return Report(tuple(outputs), tuple(handoffs), bad[0] if bad else None, tuple(notes))

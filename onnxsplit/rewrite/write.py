@@ -1,0 +1,181 @@
+"""Write a split folder: stage models, manifest.json and plan.json, all or nothing.
+
+Before: ``cut`` is ``cut_stages`` of the prepared model under ``plan`` (the
+plan's stages are the cut's stages, in the same order). After: ``outdir``
+holds a folder whose manifest every consumer can load; on any error nothing
+is left behind, not even the temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnx
+
+from onnxsplit.costmodel import activation_peak
+from onnxsplit.devices import Devices
+from onnxsplit.errors import InfeasibleError
+from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
+                                StageInput, StageOutput, TensorSpec, write_json_atomic)
+from onnxsplit.model import Model, tensor_nbytes
+from onnxsplit.ortutil import dtype_name, random_feeds, run_with_outputs
+from onnxsplit.planfile import plan_document
+from onnxsplit.prepared import Loaded, Prepared
+from onnxsplit.rewrite.extract import copy_tree_atomic, stage_proto, write_stage
+from onnxsplit.rewrite.stages import Cut
+from onnxsplit.shapes import TensorType
+from onnxsplit.solve.plan import Plan, stage_loads
+
+PLAN_FILE = "plan.json"
+
+
+def probe_types(model: Model, names: list[str], input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, TensorType]:
+    """Find dtype and shape of tensors inference could not type, by running the original once."""
+    specs = []
+    for vi in model.inputs:
+        specs.append((vi.name, dtype_name(vi.type.tensor_type.elem_type), input_shapes[vi.name]))
+    values = run_with_outputs(model, names, random_feeds(specs, seed=0))
+    return {n: TensorType(onnx.helper.np_dtype_to_tensor_dtype(values[n].dtype), tuple(values[n].shape)) for n in names}
+
+
+def _typed(vi: onnx.ValueInfoProto) -> bool:
+    """Has a dtype and a rank: what a stage input or output needs to pass the checker."""
+    tt = vi.type.tensor_type
+    return bool(tt.elem_type) and tt.HasField("shape")
+
+
+def type_handoffs(loaded: Loaded, cut: Cut) -> dict[str, onnx.ValueInfoProto]:
+    """Value infos for the tensors crossing a stage boundary that shape inference left untyped.
+
+    The stage models need a dtype and a rank on every input and output; the
+    missing ones are found by running the original once.
+    """
+    model = loaded.model
+    crossing = [n for n in cut.source if cut.source[n] is not None]
+    missing = [n for n in crossing if n not in model.value_info or not _typed(model.value_info[n])]
+    if not missing:
+        return {}
+    found = probe_types(model, missing, loaded.shapes)
+    # Concrete dims are only right when no input dim is symbolic; otherwise keep the rank alone.
+    static = all(d.HasField("dim_value") for i in model.inputs for d in i.type.tensor_type.shape.dim)
+    return {n: onnx.helper.make_tensor_value_info(n, t.dtype, list(t.shape) if static else [None] * len(t.shape))
+            for n, t in found.items()}
+
+
+def _shape(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+
+
+class _Specs:
+    """TensorSpecs by name, from the model's value infos, the probed ones, and the inferred types."""
+
+    def __init__(self, loaded: Loaded, probed: Mapping[str, onnx.ValueInfoProto]) -> None:
+        model = loaded.model
+        self.types = loaded.types
+        self.vi_of = {**{i.name: i for i in model.graph.input}, **model.value_info, **probed}
+
+    def __call__(self, name: str) -> TensorSpec:
+        vi = self.vi_of.get(name)
+        t = self.types.get(name)
+        elem = (vi.type.tensor_type.elem_type if vi is not None else 0) or (t.dtype if t else 0)
+        return TensorSpec(name, dtype_name(elem) if elem else None, _shape(vi) if vi is not None else None)
+
+
+def _write_stages(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut,
+                  probed: Mapping[str, onnx.ValueInfoProto], tmp: Path) -> tuple[Stage, ...]:
+    """Write every stage model into ``tmp``; raises InfeasibleError when a stage does not fit its device."""
+    model, info, types = prepared.model, prepared.info, prepared.types
+    kinds = devices.expanded()
+    spec_of = _Specs(prepared, probed)
+    loads = stage_loads(prepared.graph, devices, plan.stage_of, plan.stage_device)
+    init_sizes = {t.name: tensor_nbytes(t) for t in model.graph.initializer}
+    stages = []
+    for spec in cut.stages:
+        weights = sum(init_sizes[n] for n in spec.initializers)
+        activations = activation_peak(info, types, spec.nodes, spec.inputs, spec.outputs)
+        device_index = plan.stage_device[spec.index]
+        device = kinds[device_index]
+        if weights + activations > device.memory:
+            raise InfeasibleError(f"stage {spec.index} needs {weights + activations:.0f} bytes (weights {weights}, "
+                                  f"activations {activations}) but its {device.name} device has {device.memory:.0f}")
+        filename = f"stage_{spec.index}.onnx"
+        data = write_stage(model, stage_proto(model, info, spec, len(cut.stages), probed), tmp / filename)
+        sl = loads[spec.index]
+        stages.append(Stage(
+            index=spec.index,
+            file=filename,
+            external_data=data,
+            device=device_index,
+            device_kind=device.name,
+            provider=device.provider,
+            provider_options=FrozenMap(devices.provider_options(device_index)),
+            threads=device.threads,
+            nodes=len(spec.own),
+            copied_const_nodes=len(spec.nodes) - len(spec.own),
+            inputs=tuple(StageInput(*_fields(spec_of(n)), cut.source[n]) for n in spec.inputs),
+            outputs=tuple(StageOutput(*_fields(spec_of(n)), tuple(cut.consumers.get(n, ())),
+                                      cut.output_stage.get(n) == spec.index) for n in spec.outputs),
+            predicted=PredictedLoad(sl.compute, sl.receive, sl.send, sl.load),
+            weight_bytes=weights,
+            activation_peak_bytes=activations,
+        ))
+    return tuple(stages)
+
+
+def _fields(t: TensorSpec) -> tuple[str, str | None, tuple[int | str | None, ...] | None]:
+    return t.name, t.dtype, t.shape
+
+
+def build_manifest(prepared: Prepared, plan: Plan, cut: Cut, stages: tuple[Stage, ...],
+                   probed: Mapping[str, onnx.ValueInfoProto], *, outdir: Path) -> Manifest:
+    """The manifest of written ``stages``, for a folder that will live at ``outdir``."""
+    model, types = prepared.model, prepared.types
+    spec_of = _Specs(prepared, probed)
+    handoffs = []
+    for spec in cut.stages:
+        for n in spec.outputs:
+            if cut.consumers.get(n):
+                t = types.get(n)
+                handoffs.append(Handoff(*_fields(spec_of(n)), spec.index, tuple(cut.consumers[n]),
+                                        t.nbytes if t is not None else None))
+    return Manifest(
+        folder=outdir,
+        source=Source(os.path.relpath(model.path, outdir.resolve()), model.sha256, model.proto.ir_version),
+        input_shapes=FrozenMap({k: tuple(v) for k, v in prepared.shapes.items()}),
+        inputs=tuple(spec_of(i.name) for i in model.inputs),
+        outputs=tuple(GraphOutput(*_fields(spec_of(o.name)), cut.output_stage[o.name]) for o in model.graph.output),
+        stages=stages,
+        handoffs=tuple(handoffs),
+        plan_file=PLAN_FILE,
+        predicted_bottleneck_ms=plan.value,
+    )
+
+
+def write_split(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut, *, outdir: Path,
+                force: bool = False) -> Manifest:
+    """Write the split folder of ``plan`` to ``outdir`` atomically and return its manifest.
+
+    The folder is built next to ``outdir`` and moved into place at the end;
+    with ``force`` an existing ``outdir`` is replaced.
+    """
+    outdir = Path(outdir)
+    probed = type_handoffs(prepared, cut)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        stages = _write_stages(prepared, devices, plan, cut, probed, tmp)
+        manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir)
+        manifest.write(tmp / FILENAME)
+        write_json_atomic(tmp / PLAN_FILE, plan_document(prepared.graph, devices, plan))
+        copy_tree_atomic(tmp, outdir, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

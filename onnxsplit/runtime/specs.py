@@ -1,0 +1,101 @@
+"""What each stage worker needs to know, read from the manifest, and which cores it gets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxsplit.manifest import Manifest, Stage
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage worker needs to know, read from the manifest."""
+
+    index: int
+    path: Path
+    provider: str
+    provider_options: Mapping[str, Any]
+    threads: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    graph_outputs: tuple[str, ...]  # model outputs this stage makes
+    keep: frozenset[str]  # tensors a request still needs after this stage
+    on_device: frozenset[str]  # outputs left on the GPU for the next stage (CUDA only)
+
+    @property
+    def device_id(self) -> int:
+        return int(self.provider_options.get("device_id", 0))
+
+
+def _device_id(stage: Stage) -> int:
+    return int(stage.provider_options.get("device_id", 0))
+
+
+def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
+    """Each stage's inputs, outputs and what survives it, from the manifest alone.
+
+    The manifest is checked already (stages in pipeline order, hand-offs
+    between stages that exist), as :func:`onnxsplit.manifest.load_manifest`
+    leaves it.
+    """
+    stages = manifest.stages
+    made_by = {o.name: s.index for s in stages for o in s.outputs}
+    specs = []
+    for k, s in enumerate(stages):
+        later = {i.name for t in stages[k + 1:] for i in t.inputs}
+        on_device = set()
+        if s.provider == CUDA:
+            for o in s.outputs:
+                readers = [stages[j] for j in o.consumers]
+                # A hand-off stays on the GPU only when every reader runs on the same GPU;
+                # anything else goes through the host, which onnxruntime can always read.
+                if readers and all(r.provider == CUDA and _device_id(r) == _device_id(s) for r in readers):
+                    on_device.add(o.name)
+        specs.append(StageSpec(
+            index=k,
+            path=manifest.stage_path(k),
+            provider=s.provider,
+            provider_options=dict(s.provider_options),
+            threads=s.threads,
+            inputs=tuple(i.name for i in s.inputs),
+            outputs=tuple(o.name for o in s.outputs),
+            graph_outputs=tuple(n for n in manifest.output_names if made_by.get(n) == k),
+            keep=frozenset(later),
+            on_device=frozenset(on_device),
+        ))
+    return tuple(specs)
+
+
+def assign_cores(specs: tuple[StageSpec, ...], *, pin: bool) -> tuple[tuple[int, ...], ...]:
+    """Disjoint cores for every CPU stage (as many as its threads), or none when they do not fit.
+
+    onnxruntime's intra-op threads are made by the worker thread when the
+    session opens, so they inherit the worker's affinity: a stage with T
+    threads needs T cores of its own.
+    """
+    none: tuple[tuple[int, ...], ...] = tuple(() for _ in specs)
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return none
+    cores = sorted(os.sched_getaffinity(0))
+    wanted = sum(s.threads for s in specs if s.provider == CPU)
+    if wanted > len(cores):
+        log.info("not pinning: the CPU stages want %d threads but only %d cores are available", wanted, len(cores))
+        return none
+    out, next_core = [], 0
+    for s in specs:
+        if s.provider != CPU:
+            out.append(())
+            continue
+        out.append(tuple(cores[next_core:next_core + s.threads]))
+        next_core += s.threads
+    return tuple(out)

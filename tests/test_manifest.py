@@ -1,0 +1,205 @@
+"""The typed manifest: an exact round trip of a real split's file, and one-line errors for edited files."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pickle
+import shutil
+
+import pytest
+
+from graphs import chain, save
+from onnxsplit.cli.main import main
+from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.manifest import Manifest, Stage, TensorSpec, load_manifest
+from onnxsplit.splitting import split
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A three-stage split of a chain: graph input read by stages 0 and 2, r0 handed to stages 1 and 2."""
+    work = tmp_path_factory.mktemp("manifest")
+    m = chain(6)
+    names = [n.name for n in m.graph.node if n.op_type != "Constant"]
+    plan = {n: 0 if n in ("mm0", "scale0", "relu0") else 1 if n in ("mm1", "relu1", "mm2", "relu2") else 2
+            for n in names}
+    (work / "plan.json").write_text(json.dumps(plan))
+    src = save(m, work / "chain.onnx")
+    split(src, work / "out", devices=3, plan=work / "plan.json", costs="estimate")
+    return work / "out"
+
+
+@pytest.fixture
+def edited(folder, tmp_path):
+    """A copy of the split folder, and a function that rewrites its manifest.json with an edit applied."""
+    out = tmp_path / "out"
+    shutil.copytree(folder, out)
+    # The source path is relative to the folder; keep it pointing at the original model.
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["source"]["path"] = str(load_manifest(folder).source_path())
+
+    def write(edit) -> dict:
+        changed = copy.deepcopy(doc)
+        edit(changed)
+        (out / "manifest.json").write_text(json.dumps(changed, indent=2))
+        return changed
+
+    write(lambda d: None)
+    return out, write
+
+
+def test_round_trip_is_exact(folder, tmp_path):
+    text = (folder / "manifest.json").read_text()
+    doc = json.loads(text)
+    manifest = Manifest.from_json(doc, where=folder / "manifest.json")
+    assert manifest.to_json() == doc
+    assert list(manifest.to_json()) == list(doc)  # same keys in the same order
+    assert [list(s) for s in manifest.to_json()["stages"]] == [list(s) for s in doc["stages"]]
+    assert load_manifest(folder) == manifest
+    manifest.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == text  # byte for byte
+
+
+def test_typed_fields(folder):
+    m = load_manifest(folder)
+    assert m.folder == folder
+    assert [s.index for s in m.stages] == [0, 1, 2]
+    assert m.stage_path(1) == folder / "stage_1.onnx" and m.stage_paths()[2] == folder / "stage_2.onnx"
+    assert m.source_path().name == "chain.onnx" and m.source_path().is_file()
+    assert m.plan_path() == folder / "plan.json"
+    assert m.inputs == (TensorSpec("x", "float32", ("N", 8)),)
+    assert m.input_shapes == {"x": (1, 8)}
+    assert m.feed_specs() == [("x", "float32", (1, 8))]
+    assert m.feed_specs({"x": (3, 8)}) == [("x", "float32", (3, 8))]
+    x_in_last = next(i for i in m.stages[2].inputs if i.name == "x")
+    assert x_in_last.producer is None  # "from": "graph"
+    r0 = next(h for h in m.handoffs if h.name == "r0")
+    assert (r0.producer, r0.consumers, r0.shape) == (0, (1, 2), ("N", 8))
+    assert isinstance(m.stages[0].predicted.load_ms, float)
+    assert m.outputs[0].stage == 2 and m.output_names == ("y",)
+
+
+def test_manifest_is_frozen_and_pickles(folder):
+    m = load_manifest(folder)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.stages[0].threads = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        m.stages[0].provider_options["device_id"] = "1"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        m.input_shapes["x"] = (2, 8)  # type: ignore[index]
+    again = pickle.loads(pickle.dumps(m))
+    assert again == m and again.to_json() == m.to_json()
+    assert isinstance(m.stages[0], Stage)
+
+
+def test_not_a_split_folder(tmp_path):
+    with pytest.raises(UsageError, match="not a split folder"):
+        load_manifest(tmp_path / "nothing")
+    with pytest.raises(UsageError, match="not a split folder"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format="something.else"), "not an onnxsplit manifest"),
+    (lambda d: d.update(version=2), "manifest version 2 is not supported"),
+    (lambda d: d.pop("version"), "manifest version None is not supported"),
+])
+def test_not_this_format_is_a_usage_error(edited, edit, message):
+    out, write = edited
+    write(edit)
+    with pytest.raises(UsageError, match=message) as info:
+        load_manifest(out)
+    assert not isinstance(info.value, ModelError) and "manifest.json" in str(info.value)
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _set(path, value):
+    def edit(d):
+        *parents, last = path
+        for p in parents:
+            d = d[p]
+        d[last] = value
+    return edit
+
+
+def _remove_stage_file(name):
+    def edit(d):
+        d["_remove"] = name  # read by the test, ignored by the reader (unknown keys are)
+    return edit
+
+
+EDITS = {
+    # missing keys
+    "missing top-level key": (_drop("handoffs"), "handoffs: missing"),
+    "missing stage key": (lambda d: d["stages"][1].pop("threads"), "stages[1].threads: missing"),
+    "missing input key": (lambda d: d["stages"][2]["inputs"][0].pop("from"), "stages[2].inputs[0].from: missing"),
+    "missing source key": (lambda d: d["source"].pop("sha256"), "source.sha256: missing"),
+    "missing predicted key": (lambda d: d["stages"][0]["predicted"].pop("load_ms"), "stages[0].predicted.load_ms: missing"),
+    # wrong types
+    "stages not a list": (_set(["stages"], {"0": {}}), "stages: expected a list"),
+    "nodes a string": (_set(["stages", 1, "nodes"], "3"), "stages[1].nodes: expected an integer"),
+    "threads zero": (_set(["stages", 0, "threads"], 0), "stages[0].threads: expected an integer of at least 1"),
+    "device a bool": (_set(["stages", 0, "device"], True), "stages[0].device: expected an integer"),
+    "graph_output a number": (_set(["stages", 0, "outputs", 0, "graph_output"], 1),
+                              "stages[0].outputs[0].graph_output: expected true or false"),
+    "shape a string": (_set(["handoffs", 0, "shape"], "N,8"), "handoffs[0].shape: expected a list"),
+    "dim a float": (_set(["inputs", 0, "shape", 1], 8.5), "inputs[0].shape[1]: expected an integer, a name or null"),
+    "from a name": (lambda d: d["stages"][2]["inputs"][0].update({"from": "stage0"}), "stages[2].inputs[0].from"),
+    "options a list": (_set(["stages", 0, "provider_options"], []), "stages[0].provider_options: expected an object"),
+    "load a string": (_set(["stages", 0, "predicted", "load_ms"], "fast"), "stages[0].predicted.load_ms: expected a number"),
+    "input shape missing": (lambda d: d["input_shapes"].clear(), "input_shapes: no shape for model input 'x'"),
+    # stage numbering
+    "stage index out of range": (_set(["stages", 1, "index"], 7), "stages[1].index: is 7"),
+    "stages out of order": (lambda d: d["stages"].reverse(), "stages[0].index: is 2"),
+    "no stages": (_set(["stages"], []), "stages: empty"),
+    # routing to stages that do not exist
+    "hand-off producer": (_set(["handoffs", 0, "producer"], 9), "handoffs[0].producer: stage 9 does not exist"),
+    "hand-off consumer": (lambda d: d["handoffs"][0]["consumers"].append(5), "handoffs[0].consumers: stage 5 does not exist"),
+    "output stage": (_set(["outputs", 0, "stage"], 3), "outputs[0].stage: stage 3 does not exist"),
+    "output not made there": (_set(["outputs", 0, "stage"], 1), "outputs[0].stage: stage 1 has no output 'y'"),
+    "input from a later stage": (lambda d: next(i for i in d["stages"][1]["inputs"] if i["from"] == 0).update({"from": 2}),
+                                 "stages[1].inputs[0].from: stage 2 is not an earlier stage"),
+    "input from nowhere": (lambda d: d["stages"][1]["inputs"][0].update({"name": "ghost"}),
+                           "stages[1].inputs[0].from: stage 0 has no output 'ghost'"),
+    "graph input that is not one": (lambda d: d["stages"][0]["inputs"][0].update({"name": "ghost"}),
+                                    "stages[0].inputs[0].from: 'ghost' comes from the graph but is not a model input"),
+    "sent backwards": (lambda d: d["stages"][1]["outputs"][0]["to"].append(0), "stages[1].outputs[0].to: stage 0"),
+    # files
+    "stage file missing": (_remove_stage_file("stage_1.onnx"), "stages[1].file: stage_1.onnx is missing"),
+    "stage file renamed": (_set(["stages", 2, "file"], "stage_9.onnx"), "stages[2].file: stage_9.onnx is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_edited_manifest_is_a_model_error_naming_the_field(edited, case):
+    out, write = edited
+    edit, message = EDITS[case]
+    doc = write(edit)
+    if "_remove" in doc:
+        (out / doc["_remove"]).unlink()
+    with pytest.raises(ModelError) as info:
+        load_manifest(out)
+    text = str(info.value)
+    assert f"{out / 'manifest.json'}: " in text and message in text, text
+    assert "\n" not in text
+
+
+def test_from_json_names_the_file_it_is_given(folder):
+    doc = json.loads((folder / "manifest.json").read_text())
+    del doc["stages"][0]["file"]
+    with pytest.raises(ModelError, match=r"^elsewhere\.json: stages\[0\]\.file: missing$"):
+        Manifest.from_json(doc, where="elsewhere.json", check_files=False)
+
+
+def test_cli_reports_an_edited_manifest_in_one_line(edited, capsys):
+    out, write = edited
+    write(_set(["handoffs", 0, "producer"], 9))
+    for argv in (["validate", str(out)], ["run", str(out), "--inputs", "x.npz", "-o", "y.npz"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("onnxsplit: error: ") and "handoffs[0].producer" in err and "\n" not in err
