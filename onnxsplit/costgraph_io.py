@@ -72,6 +72,8 @@ def from_json(doc: dict[str, Any], *, where: str = "costgraph") -> tuple[CostGra
                              speed=float(k.get("speed", 1.0))) for k in dev["kinds"]),
             link=Link(float(dev["link"]["bandwidth"]), float(dev["link"]["latency"])),
         )
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"{where}: malformed cost graph ({type(exc).__name__}: {exc})") from None
     return graph, devices
