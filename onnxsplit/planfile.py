@@ -236,12 +236,12 @@ def read_assignment(path: str | Path) -> dict[str, int]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise PlanError(f"--plan {path}: cannot read a JSON plan ({exc})") from None
+        raise PlanError(f"{path}: cannot read a JSON plan ({exc})") from None
     if isinstance(doc, dict) and isinstance(doc.get("assignment"), dict):
         doc = doc["assignment"]
     if not isinstance(doc, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in doc.values()):
-        raise PlanError(f"--plan {path}: expected an object mapping node names to stage numbers")
+        raise PlanError(f"{path}: expected an object mapping node names to stage numbers")
     bad = [k for k, v in doc.items() if v < 0]
     if bad:
-        raise PlanError(f"--plan {path}: node {bad[0]!r} has a negative stage")
+        raise PlanError(f"{path}: node {bad[0]!r} has a negative stage")
     return dict(doc)

@@ -14,11 +14,14 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import PlanError
+
+
+_N = TypeVar("_N", bound="_Name")
 
 
 class _Name(str, Enum):
@@ -31,7 +34,7 @@ class _Name(str, Enum):
         return format(self.value, spec)
 
     @classmethod
-    def parse(cls, value: str) -> _Name:
+    def parse(cls: type[_N], value: str) -> _N:
         """The member named ``value``; PlanError (one line, listing the known names) otherwise."""
         try:
             return cls(value)
