@@ -46,7 +46,7 @@ from onnxsplit.solve.dp import DPTooLarge, solve_dp_with_stats
 from onnxsplit.solve.plan import Plan, check_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference-graphs"
+REFERENCE = ROOT / "tests" / "data" / "reference-graphs"
 # Relative slack when comparing one solver's value or bound with the DP optimum.
 TOL = 1e-6
 

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from onnxsplit.errors import ModelError
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -49,21 +51,43 @@ class CostGraph:
     attrs: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        """Refuse a graph the solvers cannot trust, naming the node or tensor at fault.
+
+        After: every list has one entry per node; every compute time is a
+        non-negative number or ``inf``; every memory, tensor size and tensor
+        cost is a finite non-negative number; every tensor's consumers follow
+        its producer; groups name existing nodes.
+        """
         n = len(self.names)
         for kind, times in self.compute.items():
             if len(times) != n:
-                raise ValueError(f"compute[{kind!r}] has {len(times)} entries for {n} nodes")
+                raise ModelError(f"compute[{kind!r}] has {len(times)} entries for {n} nodes")
+            for v, t in enumerate(times):
+                # inf is legal: the node cannot run on this kind. Negative or NaN times break
+                # every solver's sums (the DP's windows assume sums grow with the node set).
+                if not t >= 0:
+                    raise ModelError(f"node {self.names[v]!r} has compute time {t} on {kind!r};"
+                                     " times must be non-negative numbers (or inf for 'cannot run')")
         if len(self.memory) != n:
-            raise ValueError(f"memory has {len(self.memory)} entries for {n} nodes")
+            raise ModelError(f"memory has {len(self.memory)} entries for {n} nodes")
+        for v, m in enumerate(self.memory):
+            if not 0 <= m < math.inf:
+                raise ModelError(f"node {self.names[v]!r} has memory {m}; it must be a finite non-negative number")
         for t in self.tensors:
             if not 0 <= t.producer < n:
-                raise ValueError(f"tensor {t.name!r} has producer {t.producer} out of range")
+                raise ModelError(f"tensor {t.name!r} has producer {t.producer} out of range")
             for c in t.consumers:
                 if not t.producer < c < n:
-                    raise ValueError(
+                    raise ModelError(
                         f"tensor {t.name!r}: consumer {c} does not follow producer {t.producer};"
                         " node ids must be a topological order"
                     )
+            for what, x in (("bytes", t.nbytes), ("cost", t.cost)):
+                if not 0 <= x < math.inf:
+                    raise ModelError(f"tensor {t.name!r} has {what} {x}; it must be a finite non-negative number")
+        for group in self.groups:
+            if any(not 0 <= v < n for v in group):
+                raise ModelError(f"co-location group {list(group)} names a node out of range")
 
     @property
     def n(self) -> int:
@@ -88,6 +112,3 @@ class CostGraph:
         for u, v in self.edges():
             pred[v].add(u)
         return [sorted(s) for s in pred]
-
-    def total_compute(self, kind: str) -> float:
-        return math.fsum(self.compute[kind])

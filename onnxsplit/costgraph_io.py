@@ -49,7 +49,7 @@ def to_json(graph: CostGraph, devices: Devices) -> dict[str, Any]:
 
 def from_json(doc: dict[str, Any], *, where: str = "costgraph") -> tuple[CostGraph, Devices]:
     if doc.get("format") != FORMAT:
-        raise ModelError(f"{where}: not an onnxsplit cost graph (try --format paper)")
+        raise ModelError(f"{where}: not an onnxsplit cost graph (no \"format\": \"{FORMAT}\"; is it in the paper's format?)")
     if doc.get("version") != VERSION:
         raise ModelError(f"{where}: cost graph version {doc.get('version')} is not supported")
     try:
@@ -72,6 +72,8 @@ def from_json(doc: dict[str, Any], *, where: str = "costgraph") -> tuple[CostGra
                              speed=float(k.get("speed", 1.0))) for k in dev["kinds"]),
             link=Link(float(dev["link"]["bandwidth"]), float(dev["link"]["latency"])),
         )
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelError(f"{where}: malformed cost graph ({type(exc).__name__}: {exc})") from None
     return graph, devices
@@ -81,7 +83,7 @@ def load_costgraph(path: str | Path, *, fmt: str = "auto") -> tuple[CostGraph, D
     """Read a cost graph in onnxsplit's format or the paper's; 'auto' looks at the file."""
     path = Path(path)
     if fmt not in ("auto", "onnxsplit", "paper"):
-        raise UsageError(f"--format {fmt!r}: choose onnxsplit or paper")
+        raise UsageError(f"unknown cost graph format {fmt!r} (choose auto, onnxsplit or paper)")
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -98,4 +100,4 @@ def dump_costgraph(graph: CostGraph, devices: Devices, *, fmt: str = "onnxsplit"
         return to_paper(graph, devices)
     if fmt == "onnxsplit":
         return to_json(graph, devices)
-    raise UsageError(f"--format {fmt!r}: choose onnxsplit or paper")
+    raise UsageError(f"unknown cost graph format {fmt!r} (choose onnxsplit or paper)")

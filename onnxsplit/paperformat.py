@@ -59,10 +59,13 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
     acc, cpu, memory = [], [], []
     for nid in order:
         n = nodes[nid]
-        supported = bool(n.get("supportedOnFpga", True))
-        acc.append(float(n["fpgaLatency"]) if supported else math.inf)
-        cpu.append(float(n["cpuLatency"]))
-        memory.append(float(n.get("size", 0.0)))
+        try:
+            supported = bool(n.get("supportedOnFpga", True))
+            acc.append(float(n["fpgaLatency"]) if supported else math.inf)
+            cpu.append(float(n["cpuLatency"]))
+            memory.append(float(n.get("size", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: node {nid}: missing or non-numeric field ({type(exc).__name__}: {exc})") from None
     edge_sizes = any("size" in e for e in doc["edges"])
     out: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for u, v, c in edges:
@@ -79,15 +82,21 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
         if nodes[nid].get("colorClass") is not None:
             classes[nodes[nid]["colorClass"]].append(index[nid])
     groups = tuple(tuple(g) for _, g in sorted(classes.items(), key=lambda kv: min(kv[1])) if len(g) > 1)
-    graph = CostGraph(
-        names=tuple(str(nid) for nid in order),
-        compute={ACC: tuple(acc), CPU: tuple(cpu)},
-        memory=tuple(memory),
-        tensors=tuple(tensors),
-        groups=groups,
-        attrs=tuple(dict(nodes[nid]) for nid in order),
-    )
-    return graph, paper_devices(doc)
+    try:
+        graph = CostGraph(
+            names=tuple(str(nid) for nid in order),
+            compute={ACC: tuple(acc), CPU: tuple(cpu)},
+            memory=tuple(memory),
+            tensors=tuple(tensors),
+            groups=groups,
+            attrs=tuple(dict(nodes[nid]) for nid in order),
+        )
+        devices = paper_devices(doc)
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: malformed device fields ({type(exc).__name__}: {exc})") from None
+    return graph, devices
 
 
 def load_paper(path: str | Path) -> tuple[CostGraph, Devices]:
@@ -104,12 +113,20 @@ def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], li
 
     Slots list the file's accelerators first, then its CPUs.
     """
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read expert split ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: an expert split is an object with \"fpgas\" and \"cpus\" lists")
     index = {name: i for i, name in enumerate(graph.names)}
     slot_of = [-1] * graph.n
     kinds: list[str] = []
     for key, kind in (("fpgas", ACC), ("cpus", CPU)):
-        for dev in doc.get(key, []):
+        devs = doc.get(key, [])
+        if not isinstance(devs, list) or not all(isinstance(d, dict) and isinstance(d.get("nodes", []), list) for d in devs):
+            raise ModelError(f"{path}: {key!r} must be a list of objects with a \"nodes\" list")
+        for dev in devs:
             slot = len(kinds)
             kinds.append(kind)
             for nid in dev.get("nodes", []):

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-REFERENCE = ROOT.parent / "shared" / "reference-graphs"
+REFERENCE = ROOT / "tests" / "data" / "reference-graphs"
 
 sys.path.insert(0, str(ROOT / "tools"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 
 from rich.console import Console
@@ -46,15 +45,15 @@ def _override(devices, text: str):
     return replace(devices, kinds=tuple(replace(k, count=count) if k is first else k for k in devices.kinds))
 
 
-def _node_id(name: str, v: int) -> int | str:
-    return int(name) if name.lstrip("-").isdigit() else v
-
-
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.costgraph_io import load_costgraph
-    from onnxsplit.solve.plan import stage_loads
+    from onnxsplit.planfile import plan_document
     from onnxsplit.solve.select import solve
 
+    if args.solver == "expert" and args.expert is None:
+        raise UsageError("--solver expert needs --expert SPLIT.json")
+    if not args.time_limit > 0:
+        raise UsageError(f"--time-limit must be positive, got {args.time_limit}")
     graph, devices = load_costgraph(args.graph, fmt=args.format)
     if args.devices is not None:
         devices = _override(devices, args.devices)
@@ -67,28 +66,25 @@ def run(args: argparse.Namespace) -> int:
     with Console(stderr=True).status(f"solving ({solver}, time limit {args.time_limit:g} s)..."):
         plan = solve(graph, devices, solver=solver, objective=args.objective, time_limit=args.time_limit,
                      contiguous=not args.non_contiguous, expert=args.expert, mip_solver=args.mip_solver)
-    loads = stage_loads(graph, devices, plan.stage_of, plan.stage_device)
-    kinds = devices.expanded()
-    rows = []
-    for s, sl in enumerate(loads):
-        rows.append({"stage": s, "device": plan.stage_device[s], "kind": kinds[plan.stage_device[s]].name,
-                     "nodes": [_node_id(graph.names[v], v) for v in range(graph.n) if plan.stage_of[v] == s],
-                     "compute": sl.compute, "receive": sl.receive, "send": sl.send, "memory": sl.memory, "load": sl.load})
-    max_load = max((r["load"] for r in rows), default=0.0)
-    gap = plan.gap if math.isfinite(plan.gap) else None
+    doc = plan_document(graph, devices, plan)
+    stages = doc["stages"]
+    max_load = max((st["load_ms"] for st in stages), default=0.0)
     if args.json:
-        print(json.dumps({"objective": plan.value, "objective_kind": plan.objective, "max_load": max_load,
-                          "lower_bound": plan.lower_bound, "gap": gap, "solver": plan.solver,
-                          "contiguous": plan.contiguous, "notes": list(plan.notes), "devices": rows}, indent=2))
+        # plan.json's keys (objective by name, value, stages, assignment), and the max load beside the value.
+        at = list(doc).index("value") + 1
+        items = list(doc.items())
+        print(json.dumps(dict(items[:at] + [("max_load", max_load)] + items[at:]), indent=2))
         return 0
     table = Table(title=f"{args.graph}: {plan.solver}, {plan.objective}")
     for col in ("stage", "device", "nodes", "compute", "receive", "send", "memory", "load"):
         table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(str(r["stage"]), f"{r['kind']}:{r['device']}", str(len(r["nodes"])), f"{r['compute']:.4f}",
-                      f"{r['receive']:.4f}", f"{r['send']:.4f}", f"{r['memory']:.4g}", f"{r['load']:.4f}")
+    for st in stages:
+        table.add_row(str(st["index"]), f"{st['device_kind']}:{st['device']}", str(len(st["nodes"])),
+                      f"{st['compute_ms']:.4f}", f"{st['receive_ms']:.4f}", f"{st['send_ms']:.4f}",
+                      f"{st['memory_bytes']:.4g}", f"{st['load_ms']:.4f}")
     console = wide_console()
     console.print(table)
+    gap = doc["gap"]
     console.print(f"objective ({plan.objective}) {plan.value:.6f}   lower bound {plan.lower_bound:.6f}   "
                   f"gap {gap:.2%}" if gap is not None else f"objective {plan.value}")
     for note in plan.notes:

@@ -39,15 +39,15 @@ from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.lattice import (
     DPTimeout,
     DPTooLarge,
+    Problem,
     Progress,
-    _enumerate_ideals,
-    _pack,
-    _Problem,
-    _solve_lattice,
-    _tick,
-    _unpack,
+    enumerate_ideals,
+    pack_bits,
+    report_progress,
+    solve_lattice,
+    unpack_bits,
 )
-from onnxsplit.solve.plan import Plan, make_plan
+from onnxsplit.solve.plan import Plan, Solver, make_plan
 
 __all__ = ["DPBoundTooLow", "DPStats", "DPTimeout", "DPTooLarge", "Progress", "solve_dp", "solve_dp_with_stats"]
 
@@ -99,7 +99,7 @@ def _prefix_bits(order: list[int], words: int) -> np.ndarray:
     rows = np.zeros((len(order) + 1, words * 64), dtype=bool)
     for i, v in enumerate(order):
         rows[i + 1 :, v] = True
-    return _pack(rows)
+    return pack_bits(rows)
 
 
 def _check_capable(graph: CostGraph, devices: Devices, coarse: CostGraph, members: tuple[tuple[int, ...], ...]) -> None:
@@ -127,7 +127,7 @@ def _check_capable(graph: CostGraph, devices: Devices, coarse: CostGraph, member
         raise InfeasibleError(f"nodes that must share a device ({names}{more}) together {reason}")
 
 
-def _infeasible(prob: _Problem) -> InfeasibleError:
+def _infeasible(prob: Problem) -> InfeasibleError:
     kinds = ", ".join(f"{k.count} {k.name}" for k in prob.kinds)
     return InfeasibleError(f"no contiguous placement on {kinds} satisfies the devices' memory and capability limits")
 
@@ -151,34 +151,35 @@ def solve_dp_with_stats(
     began = time.monotonic()
     deadline = began + time_limit
     if graph.n == 0:
-        plan = make_plan(graph, devices, (), (), solver="dp", lower_bound=0.0)
+        plan = make_plan(graph, devices, (), (), solver=Solver.DP, lower_bound=0.0)
         return plan, DPStats(0, 0, 1, 0, upper_bound, 0.0, 0.0)
     coarse = coarsen(graph, devices, fold=fold)
     cg = coarse.graph
     _check_capable(graph, devices, cg, coarse.members)
-    _tick(progress, "coarsen", 1.0)
-    prob = _Problem(cg, devices)
+    report_progress(progress, "coarsen", 1.0)
+    prob = Problem(cg, devices)
     limits = dict(max_pairs=max_pairs, deadline=deadline, time_limit=time_limit)
-    bits = _enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit, progress=progress)
+    bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit, progress=progress)
 
     # A first plan from prefix chains of a few topological orders bounds the pairs worth scoring.
     # Three runs of about (n / ideals)^2 of the main one: skip it when the lattice is not much larger.
-    heuristic, first = math.inf, []
+    heuristic, first = math.inf, ()
     if len(bits) > 4 * (cg.n + 1):
         for order in _topological_orders(cg):
-            value, chain, _ = _solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
-            if value < heuristic:
-                heuristic, first = value, chain
-        _tick(progress, "bound", 1.0)
+            found = solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
+            if found.value < heuristic:
+                heuristic, first = found.value, found.chain
+        report_progress(progress, "bound", 1.0)
     bound = min(heuristic, upper_bound)
     log.debug("dp: %d nodes, %d coarse, %d ideals, first bound %g", graph.n, cg.n, len(bits), heuristic)
 
-    value, chain, npairs = _solve_lattice(prob, bits, bound, progress=progress, **limits)
+    found = solve_lattice(prob, bits, bound, progress=progress, **limits)
+    value, chain, npairs = found.value, found.chain, found.pairs
     if math.isinf(value):
         if math.isinf(bound):
             raise _infeasible(prob)
         if upper_bound < heuristic:
-            if math.isinf(heuristic) and math.isinf(_solve_lattice(prob, bits, math.inf, progress=None, **limits)[0]):
+            if math.isinf(heuristic) and math.isinf(solve_lattice(prob, bits, math.inf, progress=None, **limits).value):
                 raise _infeasible(prob)
             raise DPBoundTooLow(f"no contiguous plan has max load at most {upper_bound:g}")
         # Only reachable through rounding at the pruning bound; the first plan is still valid.
@@ -190,7 +191,7 @@ def solve_dp_with_stats(
     next_device = {k.name: next(i for i, e in enumerate(expanded) if e.name == k.name) for k in prob.kinds}
     stage_device = []
     for s, (inner, outer, k) in enumerate(chain):
-        held = _unpack((outer & ~inner)[None, :], cg.n)[0] > 0
+        held = unpack_bits((outer & ~inner)[None, :], cg.n)[0] > 0
         stage_coarse[held] = s
         name = prob.kinds[k].name
         stage_device.append(next_device[name])
@@ -201,7 +202,7 @@ def solve_dp_with_stats(
     seconds = time.monotonic() - began
     notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {len(bits)} ideals, {npairs} pairs, {seconds:.3f} s",)
     # Proven optimal: the bound is the plan's own (rescored) value.
-    plan = make_plan(graph, devices, stage_of, stage_device, solver="dp", lower_bound=math.inf, notes=notes)
+    plan = make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=math.inf, notes=notes)
     log.info("%s; max load %g", notes[0], plan.value)
     return plan, DPStats(graph.n, cg.n, len(bits), npairs, heuristic, plan.value, seconds)
 

@@ -1,12 +1,11 @@
 """Integer programs for max-load placement (python-mip; CBC by default).
 
-Two formulations, both on *units* (see :mod:`onnxsplit.solve.greedy`):
+Two formulations, both on *units* (see :mod:`onnxsplit.solve.units`):
 
 * contiguous, the "ideal chain": y[u, p] = 1 when unit u is inside ideal p.
   Ideals are nested and down-closed, so stage p (ideal p minus ideal p-1) is
   exactly what the DP searches, and there is no symmetry between identical
-  devices -- the reason CBC closes it where a per-device model stalls
-  (see shared/SOLVER-NOTES.md).
+  devices -- the reason CBC closes it where a per-device model stalls.
 * non-contiguous: x[u, d] = 1 when unit u is on device d, with the usual
   ordering cuts between identical devices.
 
@@ -32,8 +31,8 @@ import mip
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError, OnnxSplitError, UsageError
-from onnxsplit.solve.greedy import Units, fits_devices, plan_from_devices, units_of
-from onnxsplit.solve.plan import Plan, is_ideal_chain, make_plan, simple_lower_bound
+from onnxsplit.solve.plan import Plan, Solver, fits_devices, is_ideal_chain, make_plan, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +389,7 @@ def solve_ip(
     the solver and is also returned, with the proven bound, should the
     solver end with nothing better.
     """
-    label = "ip" if contiguous else "ip-noncontiguous"
+    label = Solver.IP if contiguous else Solver.IP_NONCONTIGUOUS
     if graph.n == 0:
         return make_plan(graph, devices, [], [], solver=label)
     units = units_of(graph, merge_cycles=contiguous)
@@ -443,4 +442,4 @@ def solve_ip(
 
 
 def warm_start_value(graph: CostGraph, devices: Devices, plan: Plan) -> float:
-    return make_plan(graph, devices, plan.stage_of, plan.stage_device, solver="start").value
+    return make_plan(graph, devices, plan.stage_of, plan.stage_device, solver=plan.solver).value

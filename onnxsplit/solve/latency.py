@@ -1,6 +1,6 @@
 """Single-sample latency: a scorer for a given plan and an integer program.
 
-The model (shared/SOLVER-NOTES.md, after the paper's latency IP):
+The model (after the paper's latency IP):
 
 * A device that does not communicate (the paper's CPU) has unlimited cores:
   each of its nodes starts as soon as its inputs are ready.
@@ -31,9 +31,8 @@ import mip
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import PlanError
-from onnxsplit.solve.greedy import fits_devices, plan_from_devices
 from onnxsplit.solve.ip import crossing, new_model, no_solution, run_model
-from onnxsplit.solve.plan import Plan
+from onnxsplit.solve.plan import Objective, Plan, Solver, fits_devices, plan_from_devices
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ def latency_plan(
     """A plan whose value is its latency (``loads`` keep the max-load view)."""
     base = plan_from_devices(graph, devices, device_of, solver=solver, notes=notes)
     value = schedule(graph, devices, device_of).latency
-    return replace(base, value=value, lower_bound=min(lower_bound, value), objective="latency")
+    return replace(base, value=value, lower_bound=min(lower_bound, value), objective=Objective.LATENCY)
 
 
 def critical_path(graph: CostGraph, devices: Devices) -> float:
@@ -316,10 +315,10 @@ def solve_latency_ip(
             options = [((xs[v][s].x or 0.0), d) for s, (d, _) in enumerate(slots)]
             options += [((xq[v][i].x or 0.0), d) for i, d in enumerate(quiet)]
             device_of.append(max(options)[1])
-        plan = latency_plan(graph, devices, device_of, solver="ip-latency", lower_bound=outcome.bound, notes=notes)
+        plan = latency_plan(graph, devices, device_of, solver=Solver.IP_LATENCY, lower_bound=outcome.bound, notes=notes)
     if warm_start is not None and fits_devices(graph, devices, warm_start):
         kept = notes + ("warm start kept",)
-        base = latency_plan(graph, devices, plan_devices(warm_start), solver="ip-latency", notes=kept)
+        base = latency_plan(graph, devices, plan_devices(warm_start), solver=Solver.IP_LATENCY, notes=kept)
         if plan is None or base.value < plan.value:
             plan = replace(base, lower_bound=min(outcome.bound, base.value))
     if plan is None:

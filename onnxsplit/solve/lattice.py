@@ -1,14 +1,19 @@
 """The ideal lattice behind :mod:`onnxsplit.solve.dp`: ideals, pair scoring and the chain DP.
 
-This module holds the machinery of one DP run over a set of ideals: the
-coarse graph as arrays (``_Problem``), ideals as little-endian uint64
-bitsets (``_pack``/``_unpack``, ``_enumerate_ideals``), per-ideal sums and
-communication rows (``_Table``), the pruning staircase (``_Budget``), the
-per-kind sorted views that score blocks of pairs (``_View``), the surviving
-pairs (``_pairs``/``_Pairs``) and the DP layers over device counts with
-backtracking (``_best_chain``), tied together by ``_solve_lattice``.
-:class:`DPTooLarge` and :class:`DPTimeout` are defined here because they are
-raised here; :mod:`onnxsplit.solve.dp` re-exports them.
+Public interface, in the order a run uses it:
+
+* :class:`Problem` -- a (coarse) cost graph and the device kinds that exist, as arrays;
+* :func:`enumerate_ideals` -- every ideal as a little-endian uint64 bitset row
+  (:func:`pack_bits` / :func:`unpack_bits` convert to and from boolean rows);
+* :func:`solve_lattice` -- the best chain of ideals whose every load is within
+  a bound, as a :class:`LatticeResult`;
+* :class:`DPTooLarge` / :class:`DPTimeout`, raised when a run would exceed its
+  limits, and :func:`report_progress` for the optional progress callback.
+
+Inside, per-ideal sums and communication rows (``_Table``), the pruning
+staircase (``_Budget``), the per-kind sorted views that score blocks of pairs
+(``_View``), the surviving pairs (``_pairs``/``_Pairs``) and the DP layers over
+device counts with backtracking (``_best_chain``) do the work.
 
 Load of a difference D = I \\ J (J <= I, both ideals) on a communicating kind
 is compute(D) + receive(D) + send(D), each tensor paid once. For a tensor t
@@ -72,7 +77,7 @@ class DPTimeout(DPTooLarge):
 
 
 @dataclass(frozen=True)
-class _Kind:
+class KindArrays:
     name: str
     count: int
     memory: float
@@ -81,30 +86,33 @@ class _Kind:
     banned: np.ndarray  # 1.0 where the node cannot run on this kind
 
 
-class _Problem:
-    """The coarse graph as arrays, and the device kinds that exist."""
+class Problem:
+    """The coarse graph as arrays, and the device kinds that exist.
+
+    Before: node ids of ``graph`` are a topological order and every device
+    kind with a device has compute times in it. ``kinds`` lists only kinds
+    with at least one device, in the order of ``devices.kinds``; ``words`` is
+    the number of uint64 words of an ideal's bitset.
+    """
 
     def __init__(self, graph: CostGraph, devices: Devices) -> None:
         n = graph.n
         self.n = n
         self.words = max(1, (n + 63) // 64)
-        self.kinds: list[_Kind] = []
+        self.kinds: list[KindArrays] = []
         for kind in devices.kinds:
             if kind.count <= 0:
                 continue
             if kind.name not in graph.compute:
                 raise ValueError(f"the cost graph has no compute times for device kind {kind.name!r}")
+            # Windows and pruning rely on sums growing with the set: CostGraph guarantees
+            # non-negative, non-NaN times, memory and costs.
             c = np.asarray(graph.compute[kind.name], dtype=np.float64)
-            # Windows and pruning rely on sums growing with the set (NaN fails this too).
-            if not np.all(c >= 0):
-                raise ValueError(f"compute times for {kind.name!r} must be non-negative numbers")
             banned = np.isinf(c)
             self.kinds.append(
-                _Kind(kind.name, kind.count, kind.memory, kind.communicates, np.where(banned, 0.0, c), banned.astype(np.float64))
+                KindArrays(kind.name, kind.count, kind.memory, kind.communicates, np.where(banned, 0.0, c), banned.astype(np.float64))
             )
         self.memory = np.asarray(graph.memory, dtype=np.float64)
-        if not np.all(self.memory >= 0) or any(not t.cost >= 0 for t in graph.tensors):
-            raise ValueError("node memory and tensor costs must be non-negative numbers")
         # Cheapest compute over kinds: a lower bound on any device's load, used to window candidates.
         cheapest = np.min([np.where(k.banned > 0, np.inf, k.compute) for k in self.kinds], axis=0)
         # A node no kind can run is refused before solving; 0 keeps the sums finite meanwhile.
@@ -128,16 +136,18 @@ class _Problem:
             self.pred_masks.append([(w, np.uint64(m)) for w, m in sorted(words.items())])
 
 
-def _pack(rows: np.ndarray) -> np.ndarray:
+def pack_bits(rows: np.ndarray) -> np.ndarray:
     """Boolean rows (N, 64*W) as little-endian uint64 bitsets (N, W)."""
     return np.ascontiguousarray(np.packbits(rows, axis=1, bitorder="little")).view("<u8")
 
 
-def _unpack(bits: np.ndarray, n: int) -> np.ndarray:
+def unpack_bits(bits: np.ndarray, n: int) -> np.ndarray:
+    """Bitsets (N, W) as 0/1 float rows over the first ``n`` nodes (N, n)."""
     return np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=1, bitorder="little")[:, :n].astype(np.float64)
 
 
-def _tick(progress: Progress | None, phase: str, fraction: float) -> None:
+def report_progress(progress: Progress | None, phase: str, fraction: float) -> None:
+    """Call the optional progress callback."""
     if progress is not None:
         progress(phase, fraction)
 
@@ -147,8 +157,8 @@ def _check_time(deadline: float, time_limit: float, what: str) -> None:
         raise DPTimeout(f"the DP ran past its time limit of {time_limit:g} s while {what}")
 
 
-def _enumerate_ideals(
-    prob: _Problem, *, max_ideals: int, deadline: float, time_limit: float, progress: Progress | None
+def enumerate_ideals(
+    prob: Problem, *, max_ideals: int, deadline: float, time_limit: float, progress: Progress | None
 ) -> np.ndarray:
     """All ideals as bitsets, grown node by node in topological order.
 
@@ -186,20 +196,20 @@ def _enumerate_ideals(
         count += grown
         if v % 32 == 31:
             _check_time(deadline, time_limit, "enumerating ideals")
-            _tick(progress, "ideals", (v + 1) / prob.n)
+            report_progress(progress, "ideals", (v + 1) / prob.n)
     _check_time(deadline, time_limit, "enumerating ideals")
-    _tick(progress, "ideals", 1.0)
+    report_progress(progress, "ideals", 1.0)
     return bits[:count].copy()
 
 
 class _Table:
     """Per-ideal sums, sorted by cheapest compute; the communication rows are built on demand."""
 
-    def __init__(self, prob: _Problem, bits: np.ndarray) -> None:
+    def __init__(self, prob: Problem, bits: np.ndarray) -> None:
         self.prob = prob
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(bits), _CHUNK):
-            for key, value in self._sums(prob, _unpack(bits[start : start + _CHUNK], prob.n)).items():
+            for key, value in self._sums(prob, unpack_bits(bits[start : start + _CHUNK], prob.n)).items():
                 parts.setdefault(key, []).append(value)
         cols = {key: np.concatenate(value) for key, value in parts.items()}
         order = np.lexsort((cols["size"], cols["cheapest"]))
@@ -215,7 +225,7 @@ class _Table:
         self._comm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @staticmethod
-    def _sums(prob: _Problem, member: np.ndarray) -> dict[str, np.ndarray]:
+    def _sums(prob: Problem, member: np.ndarray) -> dict[str, np.ndarray]:
         out = {
             "size": member.sum(axis=1),
             "cheapest": member @ prob.cheapest,
@@ -244,7 +254,7 @@ class _Table:
         cost = prob.cost[:, None]
         for start in range(0, size, _CHUNK):
             ideals = slice(start, min(size, start + _CHUNK))
-            member = np.ascontiguousarray(_unpack(self.bits[ideals], prob.n).T)
+            member = np.ascontiguousarray(unpack_bits(self.bits[ideals], prob.n).T)
             inside = np.zeros((len(prob.cost), member.shape[1]))  # k_t(X): readers of t inside X
             for which, reader in prob.readers:
                 inside[which] += member[reader]
@@ -290,7 +300,7 @@ class _Pairs:
 
 
 def _pairs(
-    prob: _Problem, tab: _Table, bound: float, *, max_pairs: int, deadline: float, time_limit: float, progress: Progress | None
+    prob: Problem, tab: _Table, bound: float, *, max_pairs: int, deadline: float, time_limit: float, progress: Progress | None
 ) -> _Pairs:
     """Every (ideal, sub-ideal, kind) whose load is within the bound."""
     limit = bound * (1 + _SLACK)
@@ -306,7 +316,7 @@ def _pairs(
         outer, inner, load = view.pairs(budget, max_pairs=max_pairs - total, deadline=deadline, time_limit=time_limit)
         total += len(outer)
         parts.append((outer, inner, np.full(len(outer), k, dtype=np.int64), load))
-        _tick(progress, "pairs", (k + 1) / len(views))
+        report_progress(progress, "pairs", (k + 1) / len(views))
     outer, inner, kind, load = (np.concatenate(x) for x in zip(*parts))
     if len(views) > 1:
         order = np.argsort(outer, kind="stable")
@@ -328,7 +338,7 @@ class _Budget:
     narrows each block's window when the bound is near a perfect balance.
     """
 
-    def __init__(self, prob: _Problem, limit: float) -> None:
+    def __init__(self, prob: Problem, limit: float) -> None:
         kinds = prob.kinds
         self.limit = limit
         if math.isinf(limit):
@@ -376,7 +386,7 @@ class _View:
     own instead of sharing the fast kind's wide one.
     """
 
-    def __init__(self, prob: _Problem, tab: _Table, k: int) -> None:
+    def __init__(self, prob: Problem, tab: _Table, k: int) -> None:
         self.prob, self.kind, self.k = prob, prob.kinds[k], k
         if np.array_equal(self.kind.compute, prob.cheapest):
             self.perm = None
@@ -512,7 +522,7 @@ class _View:
 
 
 def _best_chain(
-    prob: _Problem, tab: _Table, pairs: _Pairs, *, deadline: float, time_limit: float, progress: Progress | None
+    prob: Problem, tab: _Table, pairs: _Pairs, *, deadline: float, time_limit: float, progress: Progress | None
 ) -> tuple[float, list[tuple[int, int, int]]]:
     """The DP layers over device counts, then the chain (inner, outer, kind) from first to last device.
 
@@ -548,8 +558,8 @@ def _best_chain(
         vals = np.maximum(prev[flat], pairs.load)
         best[i, pairs.heads] = np.minimum.reduceat(vals, pairs.starts)
         _check_time(deadline, time_limit, "running the DP layers")
-        _tick(progress, "layers", i / last)
-    _tick(progress, "layers", 1.0)
+        report_progress(progress, "layers", i / last)
+    report_progress(progress, "layers", 1.0)
     value = float(best[last, tab.full])
     if math.isinf(value):
         return value, []
@@ -572,8 +582,23 @@ def _best_chain(
     return value, chain
 
 
-def _solve_lattice(
-    prob: _Problem,
+@dataclass(frozen=True)
+class LatticeResult:
+    """The best chain found: its max load, its devices in order, and how many pairs were scored.
+
+    ``chain[i]`` is ``(inner, outer, kind)`` for the i-th non-empty device:
+    it holds ``outer & ~inner`` (bitset rows) and is of kind
+    ``Problem.kinds[kind]``. ``value`` is ``inf`` and ``chain`` empty when no
+    chain stays within the bound.
+    """
+
+    value: float
+    chain: tuple[tuple[np.ndarray, np.ndarray, int], ...]
+    pairs: int
+
+
+def solve_lattice(
+    prob: Problem,
     bits: np.ndarray,
     bound: float,
     *,
@@ -581,9 +606,15 @@ def _solve_lattice(
     deadline: float,
     time_limit: float,
     progress: Progress | None,
-) -> tuple[float, list[tuple[np.ndarray, np.ndarray, int]], int]:
-    """Best chain through the given ideals with loads within the bound: (value, [(inner, outer, kind)], pairs)."""
+) -> LatticeResult:
+    """The best chain through the given ideals whose every device's load is within ``bound``.
+
+    Before: ``bits`` holds ideals of ``prob`` (rows from :func:`enumerate_ideals`
+    or any subset containing the empty and the full set). Raises
+    :class:`DPTooLarge` past ``max_pairs`` pairs or the memory limits, and
+    :class:`DPTimeout` after ``deadline`` (a ``time.monotonic()`` value).
+    """
     tab = _Table(prob, bits)
     pairs = _pairs(prob, tab, bound, max_pairs=max_pairs, deadline=deadline, time_limit=time_limit, progress=progress)
     value, chain = _best_chain(prob, tab, pairs, deadline=deadline, time_limit=time_limit, progress=progress)
-    return value, [(tab.bits[j], tab.bits[i], k) for j, i, k in chain], len(pairs.outer)
+    return LatticeResult(value, tuple((tab.bits[j], tab.bits[i], k) for j, i, k in chain), len(pairs.outer))

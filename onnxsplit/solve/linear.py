@@ -15,7 +15,7 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve.plan import Plan, make_plan, simple_lower_bound
+from onnxsplit.solve.plan import Plan, Solver, make_plan, simple_lower_bound
 
 
 def _range_loads(graph: CostGraph, i: int, compute_prefix: np.ndarray, mem_prefix: np.ndarray,
@@ -98,5 +98,5 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
         for v in range(i, j):
             stage_of[v] = stage - 1
         j = i
-    return make_plan(graph, devices, stage_of, list(range(k)), solver="linear",
+    return make_plan(graph, devices, stage_of, list(range(k)), solver=Solver.LINEAR,
                      lower_bound=simple_lower_bound(graph, devices))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve.greedy import Units, fits_devices, plan_from_devices, solve_greedy, units_of
-from onnxsplit.solve.plan import Plan, simple_lower_bound
+from onnxsplit.solve.greedy import solve_greedy
+from onnxsplit.solve.plan import Plan, Solver, fits_devices, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def solve_local(
         raise InfeasibleError("local search found no assignment that fits the devices' memory and supported operators")
     node_dev = [best[1][prob.units.unit_of[v]] for v in range(graph.n)]
     plan = plan_from_devices(
-        graph, devices, node_dev, solver="local", lower_bound=simple_lower_bound(graph, devices)
+        graph, devices, node_dev, solver=Solver.LOCAL, lower_bound=simple_lower_bound(graph, devices)
     )
     if start is not None:
         # Incremental loads drift by float noise; never return worse than the start.
@@ -240,7 +241,7 @@ def solve_local(
             graph,
             devices,
             [start.stage_device[start.stage_of[v]] for v in range(graph.n)],
-            solver="local",
+            solver=Solver.LOCAL,
             lower_bound=plan.lower_bound,
         )
         if base.value < plan.value:

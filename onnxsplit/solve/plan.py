@@ -10,12 +10,59 @@ a device that does not communicate (the paper's CPU) pays neither.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Sequence, TypeVar
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import PlanError
+
+
+_N = TypeVar("_N", bound="_Name")
+
+
+class _Name(str, Enum):
+    """An enum whose members are their names as plain strings (in JSON, f-strings and comparisons)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def parse(cls: type[_N], value: str) -> _N:
+        """The member named ``value``; PlanError (one line, listing the known names) otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(m.value for m in cls)
+            raise PlanError(f"unknown {cls.__name__.lower()} {value!r} (known: {known})") from None
+
+
+class Solver(_Name):
+    """What made a plan: a solver, a baseline, or the user."""
+
+    DP = "dp"
+    DP_RELAXED = "dp-relaxed"
+    IP = "ip"
+    IP_NONCONTIGUOUS = "ip-noncontiguous"
+    IP_LATENCY = "ip-latency"
+    LINEAR = "linear"
+    GREEDY = "greedy"
+    LOCAL = "local"
+    EXPERT = "expert"
+    USER = "user"
+
+
+class Objective(_Name):
+    """What a plan's ``value`` measures: the max stage load, or one sample's end-to-end time."""
+
+    THROUGHPUT = "throughput"
+    LATENCY = "latency"
 
 
 @dataclass(frozen=True)
@@ -43,11 +90,16 @@ class Plan:
     stage_device: tuple[int, ...]
     value: float
     lower_bound: float
-    solver: str
-    objective: str = "throughput"
+    solver: Solver
+    objective: Objective = Objective.THROUGHPUT
     loads: tuple[float, ...] = ()
     contiguous: bool = True
     notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Callers may pass the names as plain strings; store the members so a typo fails here.
+        object.__setattr__(self, "solver", Solver.parse(self.solver))
+        object.__setattr__(self, "objective", Objective.parse(self.objective))
 
     @property
     def num_stages(self) -> int:
@@ -100,7 +152,7 @@ def make_plan(
     stage_of,
     stage_device,
     *,
-    solver: str,
+    solver: Solver | str,
     lower_bound: float = 0.0,
     contiguous: bool = True,
     notes: tuple[str, ...] = (),
@@ -108,6 +160,7 @@ def make_plan(
     """Build a throughput plan, scoring it from scratch.
 
     Stages that hold no node are dropped and the rest renumbered in order.
+    ``solver`` may be a :class:`Solver` or its name; an unknown name raises PlanError.
     """
     used = sorted({stage_of[v] for v in range(graph.n)})
     renumber = {s: i for i, s in enumerate(used)}
@@ -173,7 +226,7 @@ def check_plan(graph: CostGraph, devices: Devices, plan: Plan, *, contiguous: bo
         if bad:
             u, v = bad[0]
             raise PlanError(f"not contiguous: {graph.names[u]!r} (stage {plan.stage_of[u]}) feeds {graph.names[v]!r} (stage {plan.stage_of[v]})")
-    if plan.objective == "throughput":
+    if plan.objective is Objective.THROUGHPUT:
         worst = max((sl.load for sl in loads), default=0.0)
         if not math.isclose(worst, plan.value, rel_tol=rel, abs_tol=1e-12):
             raise PlanError(f"plan reports max load {plan.value}, recomputed {worst}")
@@ -193,3 +246,63 @@ def simple_lower_bound(graph: CostGraph, devices: Devices) -> float:
         return 0.0
     best = [min(graph.compute[k.name][v] for k in devices.kinds) for v in range(graph.n)]
     return max(math.fsum(best) / devices.count, max(best))
+
+
+def device_graph_order(graph: CostGraph, device_of: Sequence[int]) -> tuple[list[int], bool]:
+    """Used devices in a pipeline order, and whether tensors only flow forward.
+
+    Topological order of the device graph (an edge where a tensor crosses)
+    when it is acyclic; otherwise devices ordered by their first node.
+    """
+    used = sorted(set(device_of))
+    succ: dict[int, set[int]] = {d: set() for d in used}
+    indeg = {d: 0 for d in used}
+    for u, v in graph.edges():
+        a, b = device_of[u], device_of[v]
+        if a != b and b not in succ[a]:
+            succ[a].add(b)
+            indeg[b] += 1
+    first: dict[int, int] = {}
+    for v, d in enumerate(device_of):
+        first.setdefault(d, v)
+    ready = [(first[d], d) for d in used if indeg[d] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, d = heapq.heappop(ready)
+        order.append(d)
+        for e in succ[d]:
+            indeg[e] -= 1
+            if indeg[e] == 0:
+                heapq.heappush(ready, (first[e], e))
+    if len(order) == len(used):
+        return order, True
+    return sorted(used, key=first.__getitem__), False
+
+
+def plan_from_devices(
+    graph: CostGraph,
+    devices: Devices,
+    device_of: Sequence[int],
+    *,
+    solver: Solver | str,
+    lower_bound: float = 0.0,
+    notes: tuple[str, ...] = (),
+) -> Plan:
+    """A throughput plan from node -> device, stages in pipeline order where one exists."""
+    order, forward = device_graph_order(graph, device_of)
+    pos = {d: i for i, d in enumerate(order)}
+    stage_of = [pos[device_of[v]] for v in range(graph.n)]
+    return make_plan(
+        graph, devices, stage_of, order, solver=solver, lower_bound=lower_bound, contiguous=forward, notes=notes
+    )
+
+
+def fits_devices(graph: CostGraph, devices: Devices, plan: Plan) -> bool:
+    """Whether a plan (say, a user's warm start) respects memory, kinds and groups."""
+    rescored = make_plan(graph, devices, plan.stage_of, plan.stage_device, solver=plan.solver, contiguous=False)
+    try:
+        check_plan(graph, devices, rescored, contiguous=False)
+    except PlanError:
+        return False
+    return True

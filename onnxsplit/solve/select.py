@@ -1,4 +1,4 @@
-"""Pick and run a solver by name, falling back when the exact one cannot run.
+"""Pick and run a solver by name (:data:`REGISTRY`), falling back when the exact one cannot run.
 
 ``auto`` (the default) runs the exact ideal-lattice DP. When the lattice is
 too large or time runs out it takes the best of the linear-order DP and the
@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, OnnxSplitError, UsageError
 from onnxsplit.solve.linear import solve_linear
-from onnxsplit.solve.plan import Plan, simple_lower_bound
+from onnxsplit.solve.plan import Objective, Plan, Solver, simple_lower_bound
 
 log = logging.getLogger(__name__)
-
-SOLVERS = ("auto", "dp", "ip", "linear", "greedy", "local", "expert")
-OBJECTIVES = ("throughput", "latency")
 
 
 def check_fits(graph: CostGraph, devices: Devices) -> None:
@@ -58,8 +59,6 @@ def _heuristic(graph: CostGraph, devices: Devices) -> Plan:
 
 
 def _with_note(plan: Plan, note: str) -> Plan:
-    from dataclasses import replace
-
     return replace(plan, notes=plan.notes + (note,))
 
 
@@ -114,7 +113,7 @@ def _relaxed_dp(graph: CostGraph, devices: Devices, *, time_limit: float) -> Pla
         log.info("DP with light nodes attached could not run: %s", exc)
     best = None
     for candidate in candidates:
-        plan = make_plan(graph, devices, candidate.stage_of, candidate.stage_device, solver="dp-relaxed",
+        plan = make_plan(graph, devices, candidate.stage_of, candidate.stage_device, solver=Solver.DP_RELAXED,
                          lower_bound=bound)
         try:
             check_plan(graph, devices, plan, contiguous=True)
@@ -126,69 +125,149 @@ def _relaxed_dp(graph: CostGraph, devices: Devices, *, time_limit: float) -> Pla
     return best
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """What every solver may be asked, beyond the graph and the devices.
+
+    ``mip_solver`` names python-mip's backend for the integer programs: ``cbc``
+    (bundled) or ``highs`` (needs the highspy and highsbox packages).
+    ``expert`` is the split file the ``expert`` solver scores.
+    """
+
+    objective: Objective = Objective.THROUGHPUT
+    time_limit: float = 60.0
+    contiguous: bool = True
+    expert: str | os.PathLike | None = None
+    mip_solver: str = "cbc"
+
+
+SolverFn = Callable[[CostGraph, Devices, SolveOptions], Plan]
+
+
+@dataclass(frozen=True)
+class SolverEntry:
+    """A solver by name: the function, the objectives it handles, and whether to check fit first."""
+
+    run: SolverFn
+    objectives: frozenset[Objective] = frozenset({Objective.THROUGHPUT})
+    check_fits: bool = True
+
+
+def _latency_if_asked(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan | None:
+    """The latency integer program, warm-started by a heuristic; None when the objective is throughput."""
+    if options.objective is not Objective.LATENCY:
+        return None
+    from onnxsplit.solve.latency import solve_latency_ip
+
+    warm = _heuristic(graph, devices)
+    return solve_latency_ip(graph, devices, time_limit=options.time_limit, warm_start=warm,
+                            solver_name=options.mip_solver)
+
+
+def _run_auto(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    latency = _latency_if_asked(graph, devices, options)
+    if latency is not None:
+        return latency
+    return _auto_throughput(graph, devices, time_limit=options.time_limit)
+
+
+def _run_dp(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    from onnxsplit.solve.dp import solve_dp
+
+    return solve_dp(graph, devices, time_limit=options.time_limit)
+
+
+def _run_ip(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    latency = _latency_if_asked(graph, devices, options)
+    if latency is not None:
+        return latency
+    from onnxsplit.solve.dp import DPTooLarge, solve_dp
+    from onnxsplit.solve.ip import solve_ip
+
+    warm = _heuristic(graph, devices)
+    try:
+        warm = min(warm, solve_dp(graph, devices, time_limit=options.time_limit / 4), key=lambda p: p.value)
+    except (DPTooLarge, InfeasibleError):
+        pass
+    return solve_ip(graph, devices, contiguous=options.contiguous, time_limit=options.time_limit, warm_start=warm,
+                    solver_name=options.mip_solver)
+
+
+def _run_linear(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    return solve_linear(graph, devices)
+
+
+def _run_greedy(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    from onnxsplit.solve.greedy import solve_greedy
+
+    return solve_greedy(graph, devices)
+
+
+def _run_local(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    from onnxsplit.solve.local import solve_local
+
+    return solve_local(graph, devices, time_limit=options.time_limit)
+
+
+def _run_expert(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
+    """Score the expert split's max load (whatever the objective: the split is given, not searched)."""
+    if options.expert is None:
+        raise UsageError("the expert solver needs an expert split file")
+    from onnxsplit.solve.greedy import evaluate_expert
+
+    return evaluate_expert(graph, devices, options.expert)
+
+
+_BOTH = frozenset(Objective)
+
+# Name -> solver. "auto" and "ip" also solve for latency (the latency integer program).
+REGISTRY: Mapping[str, SolverEntry] = MappingProxyType({
+    "auto": SolverEntry(_run_auto, _BOTH),
+    "dp": SolverEntry(_run_dp),
+    "ip": SolverEntry(_run_ip, _BOTH),
+    "linear": SolverEntry(_run_linear),
+    "greedy": SolverEntry(_run_greedy),
+    "local": SolverEntry(_run_local),
+    "expert": SolverEntry(_run_expert, _BOTH, check_fits=False),
+})
+SOLVERS: tuple[str, ...] = tuple(REGISTRY)
+OBJECTIVES: tuple[str, ...] = tuple(o.value for o in Objective)
+
+
 def solve(
     graph: CostGraph,
     devices: Devices,
     *,
     solver: str = "auto",
-    objective: str = "throughput",
+    objective: Objective | str = Objective.THROUGHPUT,
     time_limit: float = 60.0,
     contiguous: bool = True,
-    expert: str | None = None,
+    expert: str | os.PathLike | None = None,
     mip_solver: str = "cbc",
 ) -> Plan:
-    """Run the named solver. Every plan comes back scored from scratch with its lower bound.
+    """Run the solver named in :data:`REGISTRY`. Every plan comes back scored from scratch with its lower bound.
 
-    ``mip_solver`` names python-mip's backend for the integer programs: ``cbc``
-    (bundled) or ``highs`` (needs the highspy and highsbox packages).
+    Raises UsageError for an unknown solver or objective, an objective the
+    solver does not handle, or a time limit that is not positive;
+    InfeasibleError when a node fits no device (checked before searching,
+    except for the expert split, which is scored as given).
     """
-    if solver not in SOLVERS:
+    entry = REGISTRY.get(solver)
+    if entry is None:
         raise UsageError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
     if objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
-    if time_limit <= 0:
-        raise UsageError(f"--time-limit must be positive, got {time_limit}")
-    if solver == "expert":
-        if expert is None:
-            raise UsageError("--solver expert needs --expert SPLIT.json")
-        from onnxsplit.solve.greedy import evaluate_expert
-
-        return evaluate_expert(graph, devices, expert)
-    check_fits(graph, devices)
-    if objective == "latency":
-        if solver not in ("auto", "ip"):
-            raise UsageError("the latency objective is solved by the integer program (--solver ip or auto)")
-        from onnxsplit.solve.latency import solve_latency_ip
-
-        warm = _heuristic(graph, devices)
-        return solve_latency_ip(graph, devices, time_limit=time_limit, warm_start=warm, solver_name=mip_solver)
-    if solver == "auto":
-        return _auto_throughput(graph, devices, time_limit=time_limit)
-    if solver == "dp":
-        from onnxsplit.solve.dp import solve_dp
-
-        return solve_dp(graph, devices, time_limit=time_limit)
-    if solver == "ip":
-        from onnxsplit.solve.ip import solve_ip
-
-        warm = _heuristic(graph, devices)
-        try:
-            from onnxsplit.solve.dp import DPTooLarge, solve_dp
-
-            warm = min(warm, solve_dp(graph, devices, time_limit=time_limit / 4), key=lambda p: p.value)
-        except (DPTooLarge, InfeasibleError):
-            pass
-        return solve_ip(graph, devices, contiguous=contiguous, time_limit=time_limit, warm_start=warm,
-                        solver_name=mip_solver)
-    if solver == "linear":
-        return solve_linear(graph, devices)
-    if solver == "greedy":
-        from onnxsplit.solve.greedy import solve_greedy
-
-        return solve_greedy(graph, devices)
-    from onnxsplit.solve.local import solve_local
-
-    return solve_local(graph, devices, time_limit=time_limit)
+    objective = Objective(objective)
+    if not time_limit > 0:
+        raise UsageError(f"the time limit must be positive, got {time_limit}")
+    if objective not in entry.objectives:
+        able = ", ".join(name for name, e in REGISTRY.items() if objective in e.objectives and e.check_fits)
+        raise UsageError(f"the {objective} objective is solved by the integer program (solver {able}), not {solver!r}")
+    options = SolveOptions(objective=objective, time_limit=time_limit, contiguous=contiguous, expert=expert,
+                           mip_solver=mip_solver)
+    if entry.check_fits:
+        check_fits(graph, devices)
+    return entry.run(graph, devices, options)
 
 
-__all__ = ["SOLVERS", "OBJECTIVES", "solve", "check_fits", "simple_lower_bound"]
+__all__ = ["OBJECTIVES", "REGISTRY", "SOLVERS", "SolveOptions", "SolverEntry", "check_fits", "solve"]

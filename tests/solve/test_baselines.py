@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError, PlanError
-from onnxsplit.solve.greedy import evaluate_expert, solve_greedy, units_of
+from onnxsplit.solve.greedy import evaluate_expert, solve_greedy
 from onnxsplit.solve.local import solve_local
 from onnxsplit.solve.plan import check_plan, simple_lower_bound
+from onnxsplit.solve.units import units_of
 
 from test_ip import brute_force, small_problem
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-graphs"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference graphs not found beside the repository")
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 GRAPHS = ["layer_bert24", "layer_gnmt", "layer_resnet50", "op_bert_l-3", "op_bert_l-6", "op_resnet50"]
 INF = math.inf
 
@@ -34,7 +34,6 @@ def _expected() -> dict:
     return json.loads((REFERENCE / "expected.json").read_text())
 
 
-@needs_reference
 @pytest.mark.parametrize("name", GRAPHS)
 def test_greedy_and_local_on_reference_graphs(name: str) -> None:
     from onnxsplit.paperformat import load_paper
@@ -52,7 +51,6 @@ def test_greedy_and_local_on_reference_graphs(name: str) -> None:
     assert local.lower_bound <= local.value
 
 
-@needs_reference
 @pytest.mark.parametrize("expert", ["bert24", "gnmt", "resnet50"])
 def test_expert_splits_score_as_published(expert: str) -> None:
     from onnxsplit.paperformat import load_paper
@@ -67,7 +65,6 @@ def test_expert_splits_score_as_published(expert: str) -> None:
     assert plan.value == pytest.approx(expected["graphs"][graph_file]["expert"], rel=1e-4)
 
 
-@needs_reference
 def test_expert_bert24_exact() -> None:
     from onnxsplit.paperformat import load_paper
 

@@ -21,7 +21,7 @@ from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.dp import DPBoundTooLow, DPTimeout, DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.plan import check_plan, stage_loads
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-graphs"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 GRAPHS = [
     "layer_bert24_inference.json",
     "layer_gnmt_inference.json",
@@ -40,7 +40,6 @@ def hsettings(examples: int) -> settings:
 # ---------------------------------------------------------------- reference graphs
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference graphs not found beside the repository")
 @pytest.mark.parametrize("name", GRAPHS)
 def test_reference_optimum(name: str) -> None:
     from onnxsplit.paperformat import load_paper
@@ -265,13 +264,13 @@ def test_difference_loads_match_the_scoring(problem) -> None:
     """comm(I \\ J) = send(I) + gift(J) + right(I) . left(J) equals the plan module's scoring."""
     graph, _ = problem
     devices = acc_cpu(3, 1, INF)
-    prob = latticemod._Problem(graph, devices)
+    prob = latticemod.Problem(graph, devices)
     ideals = _ideals(graph)
     rows = np.zeros((len(ideals), prob.words * 64), dtype=bool)
     for i, s in enumerate(ideals):
         rows[i, list(s)] = True
-    tab = latticemod._Table(prob, latticemod._pack(rows))
-    sets = [frozenset(np.flatnonzero(latticemod._unpack(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
+    tab = latticemod._Table(prob, latticemod.pack_bits(rows))
+    sets = [frozenset(np.flatnonzero(latticemod.unpack_bits(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
     kinds = [k.name for k in prob.kinds]
     send, gift, right, left = tab.comm()
     for i, outer in enumerate(sets):

@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError, PlanError
-from onnxsplit.solve.greedy import plan_from_devices, solve_greedy
+from onnxsplit.solve.greedy import solve_greedy
 from onnxsplit.solve.ip import solve_ip
 from onnxsplit.solve.latency import cut_pieces, latency_of, latency_plan, schedule, solve_latency_ip
-from onnxsplit.solve.plan import check_plan
+from onnxsplit.solve.plan import check_plan, plan_from_devices
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-graphs"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference graphs not found beside the repository")
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 INF = math.inf
 
 
@@ -70,7 +69,7 @@ def small_problem(draw, *, max_nodes: int = 7, max_devices: int = 3, positive: b
 def brute_force(graph: CostGraph, devices: Devices, *, contiguous: bool) -> float:
     best = INF
     for device_of in itertools.product(range(devices.count), repeat=graph.n):
-        plan = plan_from_devices(graph, devices, list(device_of), solver="brute")
+        plan = plan_from_devices(graph, devices, list(device_of), solver="user")
         if contiguous and not plan.contiguous:
             continue
         try:
@@ -121,7 +120,6 @@ def _reference(name: str):
     return graph, devices, expected["dp_optimum"]
 
 
-@needs_reference
 def test_ip_proves_optimum_on_layer_bert24() -> None:
     graph, devices, optimum = _reference("layer_bert24")
     plan = solve_ip(graph, devices, time_limit=120)
@@ -131,7 +129,6 @@ def test_ip_proves_optimum_on_layer_bert24() -> None:
 
 
 @pytest.mark.slow
-@needs_reference
 def test_ip_proves_optimum_on_op_bert_l3() -> None:
     # About 15-20 s with CBC on one core; a greedy warm start gives it a cutoff early.
     graph, devices, optimum = _reference("op_bert_l-3")
@@ -141,7 +138,6 @@ def test_ip_proves_optimum_on_op_bert_l3() -> None:
     assert plan.lower_bound == pytest.approx(optimum, rel=1e-6)
 
 
-@needs_reference
 @pytest.mark.parametrize("name", ["layer_resnet50", "op_bert_l-6"])
 def test_ip_with_time_limit_brackets_the_optimum(name: str) -> None:
     graph, devices, optimum = _reference(name)
@@ -151,7 +147,6 @@ def test_ip_with_time_limit_brackets_the_optimum(name: str) -> None:
     assert plan.lower_bound <= optimum * (1 + 1e-9)
 
 
-@needs_reference
 @pytest.mark.parametrize("name", ["layer_gnmt", "op_bert_l-3"])
 def test_noncontiguous_ip_never_worse_than_its_warm_start(name: str) -> None:
     graph, devices, optimum = _reference(name)
@@ -197,7 +192,7 @@ def test_contiguous_ip_ignores_a_noncontiguous_start() -> None:
         tensors=(Tensor("ta", 0, (1,), cost=0.1), Tensor("tb", 1, (2,), cost=0.1)),
     )
     devices = Devices((DeviceKind("acc", 2),))
-    bad = plan_from_devices(graph, devices, [0, 1, 0], solver="test")
+    bad = plan_from_devices(graph, devices, [0, 1, 0], solver="user")
     assert not bad.contiguous
     plan = solve_ip(graph, devices, time_limit=10, warm_start=bad)
     check_plan(graph, devices, plan, contiguous=True)
@@ -228,7 +223,7 @@ def test_latency_of_by_hand() -> None:
     pieces = cut_pieces(graph, devices, [0, 1, 0])
     assert sorted(nodes for _, nodes in pieces) == [[0], [1], [2]]
     # Piece {a}: 1 + send 0.5 -> 1.5; b on CPU 1.5..4.5; piece {c}: receives ta and tb: 1 + 0.75, from 4.5.
-    plan = latency_plan(graph, devices, [0, 1, 0], solver="test")
+    plan = latency_plan(graph, devices, [0, 1, 0], solver="user")
     assert latency_of(graph, devices, plan) == pytest.approx(6.25)
     assert plan.value == pytest.approx(6.25) and plan.objective == "latency"
     # Everything on the accelerator: one piece, no transfers.
@@ -240,7 +235,7 @@ def latency_brute_force(graph: CostGraph, devices: Devices) -> float:
     kinds = devices.expanded()
     best = INF
     for device_of in itertools.product(range(devices.count), repeat=graph.n):
-        plan = plan_from_devices(graph, devices, list(device_of), solver="brute")
+        plan = plan_from_devices(graph, devices, list(device_of), solver="user")
         try:
             check_plan(graph, devices, plan, contiguous=False)
         except PlanError:
