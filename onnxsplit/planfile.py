@@ -21,6 +21,7 @@ from typing import Any
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import PlanError
+from onnxsplit.fileio import write_json_atomic
 from onnxsplit.solve.plan import Objective, Plan, Solver, stage_loads
 
 FORMAT = "onnxsplit.plan"
@@ -74,8 +75,6 @@ def save_plan(plan: Plan, path: str | os.PathLike, *, graph: CostGraph, devices:
     Before: ``plan`` places the nodes of ``graph`` on devices of ``devices``.
     After: ``load_plan(path) == plan``.
     """
-    from onnxsplit.manifest import write_json_atomic
-
     path = Path(path)
     write_json_atomic(path, plan_document(graph, devices, plan))
     return path

@@ -164,17 +164,17 @@ def test_plan_object_cuts_like_the_plan_file(tmp_path):
     by_file = split(src, tmp_path / "file", devices=3, plan=_plan(tmp_path / "p.json", mapping), costs="estimate")
     # A Plan names cost-graph node ids in the model's node order; const nodes' stages do not matter.
     stage_of = tuple(mapping.get(name, 0) for name in by_file.graph.names)
-    plan = Plan(stage_of, (0, 1, 2), value=0.0, lower_bound=0.0, solver="test")
+    plan = Plan(stage_of, (0, 1, 2), value=0.0, lower_bound=0.0, solver="user")
     by_object = split(src, tmp_path / "object", devices=3, plan=plan, costs="estimate")
     assert by_object.manifest == by_file.manifest
     for name in ("manifest.json", "plan.json"):
         assert (tmp_path / "object" / name).read_text() == (tmp_path / "file" / name).read_text()
 
-    moved = split(src, tmp_path / "moved", devices=3, plan=Plan(stage_of, (2, 0, 1), 0.0, 0.0, "test"),
+    moved = split(src, tmp_path / "moved", devices=3, plan=Plan(stage_of, (2, 0, 1), 0.0, 0.0, "user"),
                   costs="estimate")
     assert [s.device for s in moved.manifest.stages] == [2, 0, 1]  # a Plan keeps its stages' devices
     with pytest.raises(PlanError, match="places 2 nodes"):
-        split(src, tmp_path / "bad", devices=3, plan=Plan((0, 1), (0, 1), 0.0, 0.0, "test"), costs="estimate")
+        split(src, tmp_path / "bad", devices=3, plan=Plan((0, 1), (0, 1), 0.0, 0.0, "user"), costs="estimate")
     with pytest.raises(PlanError, match="not distinct devices"):
-        split(src, tmp_path / "bad", devices=3, plan=Plan(stage_of, (0, 1, 3), 0.0, 0.0, "test"), costs="estimate")
+        split(src, tmp_path / "bad", devices=3, plan=Plan(stage_of, (0, 1, 3), 0.0, 0.0, "user"), costs="estimate")
     assert not (tmp_path / "bad").exists()

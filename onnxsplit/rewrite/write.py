@@ -20,10 +20,10 @@ from onnxsplit.costmodel import activation_peak
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
-                                StageInput, StageOutput, TensorSpec, write_json_atomic)
+                                StageInput, StageOutput, TensorSpec)
 from onnxsplit.model import Model, tensor_nbytes
 from onnxsplit.ortutil import dtype_name, random_feeds, run_with_outputs
-from onnxsplit.planfile import plan_document
+from onnxsplit.planfile import save_plan
 from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.rewrite.extract import copy_tree_atomic, stage_proto, write_stage
 from onnxsplit.rewrite.stages import Cut
@@ -173,7 +173,7 @@ def write_split(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut, *, o
         stages = _write_stages(prepared, devices, plan, cut, probed, tmp)
         manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir)
         manifest.write(tmp / FILENAME)
-        write_json_atomic(tmp / PLAN_FILE, plan_document(prepared.graph, devices, plan))
+        save_plan(plan, tmp / PLAN_FILE, graph=prepared.graph, devices=devices)
         copy_tree_atomic(tmp, outdir, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
