@@ -21,6 +21,8 @@ from onnxsplit.model import Model, tensor_nbytes
 from onnxsplit.shapes import TensorType
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from onnxsplit.profile.store import Profile
 
 Costs = Literal["measure", "estimate"]
@@ -65,15 +67,17 @@ class KindTimes:
 
 def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]],
                    costs: Costs = "measure", profile_path: str | os.PathLike | None = None, runs: int = 20,
-                   warmup: int = 5) -> Profile | None:
+                   warmup: int = 5, feeds: Mapping[str, np.ndarray] | None = None) -> Profile | None:
     """The profile shared by the device kinds that have no profile file of their own.
 
     ``profile_path`` is read when given (whatever ``costs`` says); else
     ``costs="measure"`` measures on the first kind's provider, options and
     threads (cached); else None, meaning the analytic estimate. None too
     when every kind has its own profile, and then nothing is read or
-    measured. The profile is not checked against the model here:
-    :func:`kind_times` checks every profile it uses.
+    measured. ``feeds``: the user's input arrays to measure with (values
+    that steer control flow matter), else seeded random ones. The profile is
+    not checked against the model here: :func:`kind_times` checks every
+    profile it uses.
     """
     if costs not in COSTS:
         raise UsageError(f"costs {costs!r}: choose {' or '.join(COSTS)}")
@@ -90,7 +94,7 @@ def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tu
     first = devices.kinds[0]
     return cached_profile(model, input_shapes=input_shapes, provider=first.provider,
                           provider_options=dict(first.provider_options), threads=first.threads, runs=runs,
-                          warmup=warmup)
+                          warmup=warmup, feeds=feeds)
 
 
 def kind_times(model: Model, info: GraphInfo, types: dict[str, TensorType], devices: Devices, *,

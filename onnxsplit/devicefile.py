@@ -22,6 +22,14 @@
 Sizes, bandwidths and times follow :mod:`onnxsplit.units`, the grammar of
 the command-line flags; provider names follow :mod:`onnxsplit.providers`.
 Every error names the line and the key at fault.
+
+Numbers must mean something: ``memory``, ``bandwidth``, ``speed``,
+``threads`` and ``count`` are positive and finite, ``overhead`` and
+``latency`` finite and at least 0 (a latency of 0 is a fair model of a
+fast link). Unlimited memory is what a kind without ``memory`` gets; an
+explicit ``memory = inf`` (or ``"inf"``) is refused with a line saying
+so: leaving the key out says "unlimited" plainly, and an infinite value
+written by mistake must not silently lift the limit.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from onnxsplit.devices import DeviceKind, Devices, Link
 from onnxsplit.errors import DeviceSpecError, UsageError
@@ -76,14 +83,16 @@ class _Where:
                                f"{f' key {key!r}' if key else ''}: {message}")
 
 
-def _link(table: dict[str, Any], where: _Where, section: str, index: int, default: Link) -> Link:
+def _link(table: object, where: _Where, section: str, index: int, default: Link) -> Link:
+    if not isinstance(table, dict):
+        raise where.fail(section, index, None, "must be a table of keys")
     bandwidth, latency = default.bandwidth, default.latency
     for key, value in table.items():
         try:
             if key == "bandwidth":
                 bandwidth = parse_bandwidth(value)
                 if bandwidth <= 0:
-                    raise UsageError("bandwidth must be positive")
+                    raise UsageError(f"bandwidth must be positive, got {value!r}")
             elif key == "latency":
                 latency = parse_seconds(value)
             elif key != "devices":
@@ -93,10 +102,12 @@ def _link(table: dict[str, Any], where: _Where, section: str, index: int, defaul
     return Link(bandwidth, latency)
 
 
-def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> DeviceKind:
+def _kind(table: object, where: _Where, index: int, base: Path) -> DeviceKind:
     def fail(key: str | None, message: str) -> DeviceSpecError:
         return where.fail("kind", index, key, message)
 
+    if not isinstance(table, dict):
+        raise fail(None, "must be a table of keys (write it as [[kind]])")
     unknown = sorted(set(table) - KIND_KEYS)
     if unknown:
         raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(KIND_KEYS))})")
@@ -111,6 +122,8 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
         raise fail("count", f"must be a positive integer, got {count!r}")
     memory = math.inf
     if "memory" in table:
+        if isinstance(table["memory"], (float, str)) and str(table["memory"]).strip().lower() in ("inf", "+inf"):
+            raise fail("memory", "must be a finite size; leave memory out for unlimited memory")
         try:
             memory = parse_bytes(table["memory"])
         except UsageError as exc:
@@ -130,13 +143,18 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise fail("threads", f"must be a positive integer, got {threads!r}")
     speed = table.get("speed", 1.0)
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed <= 0:
-        raise fail("speed", f"must be a positive number, got {speed!r}")
+    # ``not speed > 0`` also catches nan, which compares false with everything.
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0 or not math.isfinite(speed):
+        raise fail("speed", f"must be a positive, finite number, got {speed!r}")
     options = table.get("provider_options", {})
     if not isinstance(options, dict):
         raise fail("provider_options", "must be a table of key = value")
+    bad = next((k for k, v in options.items() if not isinstance(v, (str, int, float, bool))), None)
+    if bad is not None:
+        raise fail("provider_options", f"option {bad!r} must be a string or a number")
     device_ids = table.get("device_ids", [])
-    if not isinstance(device_ids, list) or not all(isinstance(d, int) and d >= 0 for d in device_ids):
+    if not isinstance(device_ids, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in device_ids):
         raise fail("device_ids", "must be a list of non-negative integers")
     if device_ids and len(device_ids) != count:
         raise fail("device_ids", f"lists {len(device_ids)} ids for {count} devices")
@@ -164,18 +182,26 @@ def _kind(table: dict[str, Any], where: _Where, index: int, base: Path) -> Devic
 def load_devices(path: str | Path) -> Devices:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise DeviceSpecError(f"{path}: cannot read devices file ({exc.strerror})") from None
+        raise DeviceSpecError(f"{path}: cannot read devices file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeviceSpecError(f"{path}: not a devices file (not UTF-8 text: byte {exc.start} is "
+                              f"{data[exc.start]:#04x})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise DeviceSpecError(f"{path}: not valid TOML ({exc})") from None
+        raise DeviceSpecError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
     where = _Where(path, text)
     unknown = sorted(set(doc) - {"link", "kind", "pair"})
     if unknown:
         raise DeviceSpecError(f"{path}:{where.line(unknown[0], 0, None)}: unknown section {unknown[0]!r} (expected link, kind, pair)")
     kinds_doc = doc.get("kind")
+    if isinstance(kinds_doc, dict):
+        raise DeviceSpecError(f"{path}:{where.line('kind', 0, None)}: [kind] must be written [[kind]], "
+                              f"one table per device kind")
     if not isinstance(kinds_doc, list) or not kinds_doc:
         raise DeviceSpecError(f"{path}:1: no [[kind]] table: a devices file needs at least one device kind")
     default = _link(doc.get("link", {}), where, "link", 0, Link())
@@ -187,7 +213,12 @@ def load_devices(path: str | Path) -> Devices:
         seen.add(k.name)
     total = sum(k.count for k in kinds)
     pairs = []
-    for i, p in enumerate(doc.get("pair", [])):
+    pairs_doc = doc.get("pair", [])
+    if not isinstance(pairs_doc, list):
+        raise DeviceSpecError(f"{path}:{where.line('pair', 0, None)}: pair must be written [[pair]], one table per link")
+    for i, p in enumerate(pairs_doc):
+        if not isinstance(p, dict):
+            raise where.fail("pair", i, None, "must be a table of keys (write it as [[pair]])")
         devs = p.get("devices")
         if not (isinstance(devs, list) and len(devs) == 2 and all(isinstance(d, int) and 0 <= d < total for d in devs)
                 and devs[0] != devs[1]):

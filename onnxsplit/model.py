@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,8 @@ def _read_proto(path: Path) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a readable ONNX model (truncated or corrupt protobuf: {exc})") from None
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
@@ -117,12 +120,103 @@ def external_info(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
 
+def _tensors_with_data(graph: onnx.GraphProto):
+    """Every tensor of a graph that may hold data: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors_with_data(attr.g)
+            for g in attr.graphs:
+                yield from _tensors_with_data(g)
+
+
+def _external_int(t: onnx.TensorProto, key: str, path: Path) -> int | None:
+    text = external_info(t).get(key)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelError(f"{path}: external data {key} {text!r} of initializer {t.name!r} is not a "
+                         f"non-negative integer")
+    return value
+
+
+def external_data_path(t: onnx.TensorProto, base: Path, path: Path) -> Path:
+    """The file holding an external tensor's bytes, checked to lie inside the model's folder.
+
+    As onnx's own loader does, a ``location`` that is empty, absolute, climbs
+    out with ``..``, or resolves (through symlinks) to a file outside
+    ``base`` is refused: a model file must not make onnxsplit read, copy or
+    publish files it was not given. Raises ModelError naming ``path`` (the
+    model file) and the tensor.
+    """
+    loc = external_info(t).get("location", "")
+    if not loc:
+        raise ModelError(f"{path}: initializer {t.name!r} is stored externally but names no file")
+    where = f"{path}: external data file {loc!r} of initializer {t.name!r}"
+    parts = re.split(r"[/\\]", loc)
+    if Path(loc).is_absolute() or loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc) or ".." in parts:
+        raise ModelError(f"{where} lies outside the model's folder (only files beside the model are read)")
+    if "\x00" in loc:
+        raise ModelError(f"{where} is not a file name")
+    target = base / loc
+    try:
+        real_base, real = base.resolve(strict=True), target.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ModelError(f"{where} cannot be resolved ({exc})") from None
+    if real_base not in real.parents:
+        raise ModelError(f"{where} lies outside the model's folder (a link to {real})")
+    return target
+
+
 def _check_external_files(proto: onnx.ModelProto, base: Path, path: Path) -> None:
-    for t in proto.graph.initializer:
-        if is_external(t):
-            loc = external_info(t).get("location", "")
-            if not loc or not (base / loc).is_file():
-                raise ModelError(f"{path}: external data file {loc!r} of initializer {t.name!r} is missing")
+    """Every external tensor's file exists, lies in the model's folder and holds all its bytes."""
+    sizes: dict[Path, int] = {}
+    for t in _tensors_with_data(proto.graph):
+        if not is_external(t):
+            continue
+        target = external_data_path(t, base, path)
+        loc = external_info(t)["location"]
+        if target not in sizes:
+            try:
+                if not target.is_file():
+                    raise FileNotFoundError
+                sizes[target] = target.stat().st_size
+            except OSError:
+                raise ModelError(f"{path}: external data file {loc!r} of initializer {t.name!r} is missing") from None
+        offset = _external_int(t, "offset", path) or 0
+        length = _external_int(t, "length", path)
+        if length is None:
+            length = _expected_nbytes(t)
+        if length is not None and offset + length > sizes[target]:
+            raise ModelError(f"{path}: external data file {loc!r} is truncated: initializer {t.name!r} needs "
+                             f"bytes {offset}..{offset + length}, the file has {sizes[target]}")
+
+
+# Element types packed several to a byte: their file size is not count * itemsize.
+_PACKED = frozenset(getattr(onnx.TensorProto, n) for n in ("UINT4", "INT4", "FLOAT4E2M1", "UINT2", "INT2",
+                                                          "FLOAT6E2M3", "FLOAT6E3M2") if hasattr(onnx.TensorProto, n))
+
+
+def _expected_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's dims and type call for; None for strings, packed or unknown types."""
+    if t.data_type in (0, onnx.TensorProto.STRING) or t.data_type in _PACKED:
+        return None
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    count = 1
+    for d in t.dims:
+        count *= int(d)
+    return count * itemsize
 
 
 def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -252,11 +346,48 @@ def infer(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return info
 
 
+def _graph_value_infos(graph: onnx.GraphProto):
+    """Every ValueInfo of a graph and of its nodes' subgraphs."""
+    yield from graph.input
+    yield from graph.output
+    yield from graph.value_info
+    for node in graph.node:
+        for g in node_subgraphs(node):
+            yield from _graph_value_infos(g)
+
+
+def _unfix_negative_dims(graph: onnx.GraphProto) -> int:
+    """Make every dim stored as a negative ``dim_value`` unknown; return how many there were.
+
+    Some exporters write ``dim_value: -1`` for a dynamic dim. No tensor has a
+    negative extent, and onnxruntime treats -1 as "any", so it is a symbolic
+    dim, not a fixed one: given a size like any other unknown dim.
+    """
+    count = 0
+    for vi in _graph_value_infos(graph):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.ClearField("dim_value")
+                count += 1
+    return count
+
+
 def load_model(path: str | os.PathLike) -> Model:
-    """Read, check and normalise a model. Raises ModelError on bad input."""
+    """Read, check and normalise a model. Raises ModelError on bad input.
+
+    After: external data files (kept external) lie inside the model's folder
+    and hold every byte their tensors need; every node has a unique name;
+    nodes are in topological order; dims stored as negative numbers are
+    unknown (symbolic) dims.
+    """
     path = Path(path).resolve()
     proto = _read_proto(path)
     _check_external_files(proto, path.parent, path)
+    unfixed = _unfix_negative_dims(proto.graph)
+    if unfixed:
+        log.info("%d dims stored as negative numbers are taken as symbolic", unfixed)
     renamed = _name_nodes(proto.graph)
     if renamed:
         log.info("named %d unnamed or duplicate nodes", renamed)

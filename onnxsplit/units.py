@@ -7,6 +7,12 @@ matter. A bandwidth is a size per second (``16GB/s``; the ``/s`` may be
 left out). A time is a number with a unit ``s ms us µs ns``. Plain numbers
 (a TOML integer or float) are taken as they are: bytes, bytes per second,
 seconds.
+
+Every parser returns a finite, non-negative number: ``nan``, ``inf`` and
+spellings that overflow a float (``1e999G``) are refused, so that no
+quantity read here can make a solver or a timer loop forever. Whether zero
+makes sense (a latency of 0 does, a bandwidth of 0 does not) is for the
+caller to say.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ def _plain_number(value: object, what: str) -> float | None:
     return float(value)
 
 
+def _finite(number: float, value: object, what: str) -> float:
+    """``number`` parsed from the string ``value``, refused when it overflowed a float."""
+    if not math.isfinite(number):
+        raise UsageError(f"expected {what}, got {value!r} (too large)")
+    return number
+
+
 def parse_bytes(value: str | int | float) -> float:
     """``'512M'``, ``'16GiB'``, ``'8GB'``, ``1000000`` -> bytes (a non-negative float).
 
@@ -49,7 +62,7 @@ def parse_bytes(value: str | int | float) -> float:
     m = _SIZE.fullmatch(str(value))
     if not m:
         raise UsageError(f"expected {what}, got {value!r}")
-    return float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    return _finite(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()], value, what)
 
 
 def parse_bandwidth(value: str | int | float) -> float:
@@ -61,7 +74,7 @@ def parse_bandwidth(value: str | int | float) -> float:
     m = _BANDWIDTH.fullmatch(str(value))
     if not m:
         raise UsageError(f"expected {what}, got {value!r}")
-    return float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    return _finite(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()], value, what)
 
 
 def parse_seconds(value: str | int | float) -> float:
@@ -73,4 +86,4 @@ def parse_seconds(value: str | int | float) -> float:
     m = _TIME.fullmatch(str(value))
     if not m:
         raise UsageError(f"expected {what}, got {value!r}")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2).lower()]
+    return _finite(float(m.group(1)) * _TIME_UNITS[m.group(2).lower()], value, what)

@@ -38,13 +38,15 @@ def parse_provider_options(specs: list[str]) -> dict[str, str]:
         key, sep, value = spec.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--provider-option {spec!r}: expected KEY=VALUE")
+        if key.strip() in options:
+            raise UsageError(f"--provider-option {spec!r}: option {key.strip()!r} is already given")
         options[key.strip()] = value.strip()
     return options
 
 
 def _shapes_and_feeds(model, args: argparse.Namespace):
     """Input shapes from --input-shape, completed (and checked) by the arrays of --inputs."""
-    from onnxsplit.ortutil import load_feeds
+    from onnxsplit.ortutil import check_feeds, load_feeds
 
     with flag_errors("--input-shape"):
         shapes = parse_input_shapes(args.input_shape)
@@ -52,6 +54,7 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
         return shapes, None
     with flag_errors("--inputs"):
         feeds = load_feeds(args.inputs, [i.name for i in model.inputs])
+        check_feeds(model, feeds, where=str(args.inputs))
     for name, array in feeds.items():
         if name in shapes and tuple(shapes[name]) != tuple(array.shape):
             raise UsageError(f"--input-shape {name}:{'x'.join(map(str, shapes[name]))} disagrees with --inputs "
@@ -62,13 +65,17 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.model import load_model
+    from onnxsplit.ortutil import check_provider_options
     from onnxsplit.profile.measure import profile_model
     from onnxsplit.profile.store import save_profile
-    from onnxsplit.providers import resolve_provider
+    from onnxsplit.providers import require_available, resolve_provider
 
     with flag_errors("--provider"):
         provider = resolve_provider(args.provider)
+        require_available(provider)
     options = parse_provider_options(args.provider_option)
+    with flag_errors("--provider-option"):
+        check_provider_options(provider, options)
     model = load_model(args.model)
     shapes, feeds = _shapes_and_feeds(model, args)
     columns = (TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())

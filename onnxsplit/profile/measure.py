@@ -14,7 +14,6 @@ node's own kernel, whose time already includes them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -27,10 +26,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.errors import UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.model import Model, tensor_nbytes
-from onnxsplit.ortutil import dtype_name, make_session, random_feeds, session_options
+from onnxsplit.ortutil import (QUIET, check_provider_options, make_session, model_feeds, onnxruntime, ort_errors,
+                               session_options)
 from onnxsplit.profile.attribute import Attribution, Kernel, attribute, kernels_of
 from onnxsplit.profile.estimate import estimate_node_ms, node_flops
 from onnxsplit.profile.store import NodeTime, Profile
@@ -132,19 +132,6 @@ class OverheadProbe:
 # Sessions and the profile
 
 
-def _input_feeds(model: Model, shapes: dict[str, tuple[int, ...]], feeds: dict | None) -> dict[str, np.ndarray]:
-    if feeds is None:
-        specs = [(i.name, dtype_name(i.type.tensor_type.elem_type), shapes[i.name]) for i in model.inputs]
-        return random_feeds(specs)
-    for name, shape in shapes.items():
-        if name not in feeds:
-            raise UsageError(f"the inputs have no array for model input {name!r}")
-        if tuple(feeds[name].shape) != tuple(shape):
-            raise UsageError(f"input {name!r} has shape {'x'.join(map(str, feeds[name].shape))}, "
-                             f"expected {'x'.join(map(str, shape))}")
-    return {name: feeds[name] for name in shapes}
-
-
 def _no_tick() -> None:
     pass
 
@@ -164,11 +151,10 @@ def _timed_runs(session, feeds: dict, *, warmup: int, runs: int, tick: Callable[
 def _session(model: bytes, folder: Path, *, provider: str, provider_options: dict[str, str], threads: int,
              external_folder: Path | None = None, save_graph: bool = False):
     """A profiling session writing its trace (and, with ``save_graph``, the graph it runs) into ``folder``."""
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     folder.mkdir(parents=True, exist_ok=True)
     opts = session_options(threads=threads, external_folder=external_folder, profile_prefix=folder / "trace",
-                           optimized_model=folder / "optimized.onnx" if save_graph else None)
+                           optimized_model=folder / "optimized.onnx" if save_graph else None, log_severity=QUIET)
     return ort.InferenceSession(model, sess_options=opts, providers=[provider], provider_options=[provider_options])
 
 
@@ -211,18 +197,6 @@ def _node_times(model: Model, info: GraphInfo, types: dict, attribution: Attribu
     return nodes, unattributed
 
 
-@contextlib.contextmanager
-def _ort_errors(model: Model):
-    """onnxruntime refusing to load or run the model is a problem with the model or its inputs: one line."""
-    try:
-        yield
-    except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{model.path.name}: onnxruntime cannot run the model ({first})") from None
-
-
 def _warn_if_busy() -> None:
     """Other processes competing for cores skew a whole run's latency more than the kernels' medians."""
     try:
@@ -241,16 +215,21 @@ def profile_model(model: Model, *, input_shapes: dict[str, tuple[int, ...]],
                   progress: Progress | None = None) -> Profile:
     """Measure ``model`` at ``input_shapes`` and attribute kernel time to its original nodes.
 
-    Raises UsageError for an unknown or unavailable provider, bad counts or bad feeds.
+    ``feeds``: the user's input arrays (checked against the model and the
+    shapes), else seeded random ones. Raises UsageError for an unknown or
+    unavailable provider, an option it does not know, bad counts or bad
+    feeds; ModelError (one line naming the node) when onnxruntime cannot
+    load or run the model.
     """
-    import onnxruntime as ort
-
-    if runs < 1 or warmup < 0 or threads < 1:
+    ort = onnxruntime()
+    counts = {"runs": (runs, 1), "warmup": (warmup, 0), "threads": (threads, 1)}
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v, low in counts.values()):
         raise UsageError(f"need runs >= 1, warmup >= 0 and threads >= 1 (got {runs}, {warmup}, {threads})")
     provider = resolve_provider(provider)
     options = dict(provider_options or {})
+    check_provider_options(provider, options)
     shapes = resolve_input_shapes(model, input_shapes)
-    inputs = _input_feeds(model, shapes, feeds)
+    inputs = model_feeds(model, shapes, feeds=feeds)
     total, done = 2 * (warmup + runs), 0
 
     def tick() -> None:
@@ -264,7 +243,7 @@ def profile_model(model: Model, *, input_shapes: dict[str, tuple[int, ...]],
     # another process taking a core for a while slows both alike. A model whose weights would not fit
     # twice in memory is timed by one session after the other instead.
     alternate = sum(tensor_nbytes(t) for t in model.graph.initializer) < ALTERNATE_LIMIT
-    with tempfile.TemporaryDirectory(prefix="onnxsplit-profile-") as tmp, _ort_errors(model):
+    with tempfile.TemporaryDirectory(prefix="onnxsplit-profile-") as tmp, ort_errors(model.path.name, model=model.proto):
         latencies = []
         plain = make_session(model.proto.SerializeToString(), provider=provider, provider_options=options,
                              threads=threads, external_folder=model.base_dir)

@@ -135,13 +135,44 @@ def _need(data: dict, key: str, kind: type | tuple[type, ...], where: str):
     return value
 
 
+def _count(data: dict, key: str, where: str, *, low: int) -> int:
+    value = _need(data, key, int, where)
+    if value < low:
+        raise ProfileError(f"{where}: field {key!r} is {value}, expected at least {low}")
+    return value
+
+
+def _time(data: dict, key: str, where: str) -> float:
+    """A non-negative, finite number of milliseconds."""
+    value = _need(data, key, (int, float), where)
+    try:
+        ms = float(value)
+    except OverflowError:  # an integer too big for a float
+        ms = math.inf
+    if not math.isfinite(ms) or ms < 0:
+        raise ProfileError(f"{where}: field {key!r} is {value!r}, not a non-negative number")
+    return ms
+
+
+def _text(data: dict, key: str, where: str) -> str:
+    value = _need(data, key, str, where)
+    if not value:
+        raise ProfileError(f"{where}: field {key!r} is empty")
+    return value
+
+
 def profile_from_dict(data: object, where: str = "profile") -> Profile:
-    """Check and convert a parsed profile.json. Raises ProfileError naming the first problem."""
+    """Check and convert a parsed profile.json. Raises ProfileError naming the first problem.
+
+    Every field is checked for its type and range: counts are integers
+    (threads and runs at least 1), times finite and non-negative, shapes
+    lists of non-negative integers, names non-empty strings.
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ProfileError(f"{where}: not an onnxsplit profile (no \"format\": \"{FORMAT}\")")
-    if data.get("version") != VERSION:
-        raise ProfileError(f"{where}: profile version {data.get('version')!r} is not supported (expected {VERSION})")
-    number = (int, float)
+    version = data.get("version")
+    if type(version) is not int or version != VERSION:
+        raise ProfileError(f"{where}: profile version {version!r} is not supported (expected {VERSION})")
     shapes_raw = _need(data, "input_shapes", dict, where)
     shapes: dict[str, tuple[int, ...]] = {}
     for name, dims in shapes_raw.items():
@@ -159,30 +190,28 @@ def profile_from_dict(data: object, where: str = "profile") -> Profile:
         source = _need(raw, "source", str, at)
         if source not in SOURCES:
             raise ProfileError(f"{at}: source {source!r} is not one of {', '.join(SOURCES)}")
-        time_ms = float(_need(raw, "time_ms", number, at))
-        if not math.isfinite(time_ms) or time_ms < 0:
-            raise ProfileError(f"{at}: time_ms {time_ms!r} is not a non-negative number")
+        time_ms = _time(raw, "time_ms", at)
         fused = _need(raw, "fused_with", list, at)
         if not all(isinstance(f, str) for f in fused):
             raise ProfileError(f"{at}: fused_with must list node names")
-        nodes.append(NodeTime(name=_need(raw, "name", str, at), op_type=_need(raw, "op_type", str, at),
+        nodes.append(NodeTime(name=_text(raw, "name", at), op_type=_text(raw, "op_type", at),
                               time_ms=time_ms, source=source, fused_with=tuple(fused)))
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ProfileError(f"{where}: node {dup!r} is listed twice")
     return Profile(
-        model_sha256=_need(data, "model_sha256", str, where),
+        model_sha256=_text(data, "model_sha256", where),
         input_shapes=shapes,
-        provider=_need(data, "provider", str, where),
+        provider=_text(data, "provider", where),
         provider_options=dict(options),
-        threads=_need(data, "threads", int, where),
+        threads=_count(data, "threads", where, low=1),
         ort_version=_need(data, "onnxruntime_version", str, where),
-        runs=_need(data, "runs", int, where),
-        warmup=_need(data, "warmup", int, where),
-        end_to_end_ms=float(_need(data, "end_to_end_ms", number, where)),
+        runs=_count(data, "runs", where, low=1),
+        warmup=_count(data, "warmup", where, low=0),
+        end_to_end_ms=_time(data, "end_to_end_ms", where),
         nodes=tuple(nodes),
-        unattributed_ms=float(_need(data, "unattributed_ms", number, where)),
+        unattributed_ms=_time(data, "unattributed_ms", where),
     )
 
 
@@ -197,6 +226,10 @@ def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
     return path
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows (a profile's times are finite)")
+
+
 def load_profile(path: str | os.PathLike) -> Profile:
     """Read and check a profile.json; ProfileError naming the file and the first problem."""
     path = Path(path)
@@ -207,9 +240,13 @@ def load_profile(path: str | os.PathLike) -> Profile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read the profile ({exc})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:  # NaN or Infinity, which JSON itself does not have
+        raise ProfileError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: not a profile (nested too deeply)") from None
     return profile_from_dict(data, str(path))
 
 
