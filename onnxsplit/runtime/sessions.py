@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from onnxsplit.errors import UsageError
-from onnxsplit.ortutil import session_options
+from onnxsplit.ortutil import QUIET, session_options
 from onnxsplit.providers import require_available
 from onnxsplit.runtime.specs import CPU, StageSpec
 
@@ -28,8 +28,8 @@ def open_session(spec: StageSpec, *, spin: bool):
     providers: list[Any] = [(spec.provider, dict(spec.provider_options))]
     if spec.provider != CPU:
         providers.append(CPU)  # nodes the accelerator cannot run fall back to the host
-    return ort.InferenceSession(str(spec.path), sess_options=session_options(threads=spec.threads, spin=spin),
-                                providers=providers)
+    options = session_options(threads=spec.threads, spin=spin, log_severity=QUIET)
+    return ort.InferenceSession(str(spec.path), sess_options=options, providers=providers)
 
 
 class HostRunner:
