@@ -44,9 +44,9 @@ from onnxsplit.solve.lattice import (
     enumerate_ideals,
     pack_bits,
     report_progress,
-    solve_lattice,
     unpack_bits,
 )
+from onnxsplit.solve.chain import solve_lattice
 from onnxsplit.solve.plan import Plan, Solver, make_plan
 
 __all__ = ["DPBoundTooLow", "DPStats", "DPTimeout", "DPTooLarge", "Progress", "solve_dp", "solve_dp_with_stats"]

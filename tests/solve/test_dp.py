@@ -17,6 +17,7 @@ from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve import lattice as latticemod
+from onnxsplit.solve import pairs as pairsmod
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.dp import DPBoundTooLow, DPTimeout, DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.plan import check_plan, stage_loads
@@ -169,12 +170,12 @@ def test_dp_equals_brute_force(problem) -> None:
 @contextmanager
 def small_blocks():
     """Score pairs in blocks of a few rows, so the block and window logic runs on small graphs."""
-    saved = latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS
-    latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS = 3, 8
+    saved = pairsmod.BLOCK_ROWS, pairsmod.BLOCK_ELEMS
+    pairsmod.BLOCK_ROWS, pairsmod.BLOCK_ELEMS = 3, 8
     try:
         yield
     finally:
-        latticemod._BLOCK_ROWS, latticemod._BLOCK_ELEMS = saved
+        pairsmod.BLOCK_ROWS, pairsmod.BLOCK_ELEMS = saved
 
 
 @hsettings(120)
@@ -269,7 +270,7 @@ def test_difference_loads_match_the_scoring(problem) -> None:
     rows = np.zeros((len(ideals), prob.words * 64), dtype=bool)
     for i, s in enumerate(ideals):
         rows[i, list(s)] = True
-    tab = latticemod._Table(prob, latticemod.pack_bits(rows))
+    tab = pairsmod.Table(prob, latticemod.pack_bits(rows))
     sets = [frozenset(np.flatnonzero(latticemod.unpack_bits(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
     kinds = [k.name for k in prob.kinds]
     send, gift, right, left = tab.comm()
