@@ -77,7 +77,7 @@ class _Number(argparse.Action):
 
 
 def add_number(p: argparse.ArgumentParser | Any, *flags: str, kind: type = float, zero: bool = False,
-               default: float | int | None, help: str, metavar: str | None = None) -> None:
+               default: float | None, help: str, metavar: str | None = None) -> None:
     """A numeric flag that refuses nan, inf, negatives, and zero unless ``zero`` (zero is meaningful)."""
     p.add_argument(*flags, action=_Number, kind=kind, zero=zero, default=default, help=help,
                    metavar=metavar or ("N" if kind is int else "X"))
