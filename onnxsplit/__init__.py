@@ -10,13 +10,14 @@ Public API::
 
 The value types of the pass pipeline (Model, CostGraph, Devices, Plan,
 Manifest) are exported too. Everything loads on first use, so importing the
-package (as the command line does) does not import onnx or onnxruntime.
+package (as the command line does) does not import onnx or onnxruntime, nor
+even ``typing``: the command line must be ready to catch Ctrl-C within a
+few milliseconds of starting.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later lookups skip this function

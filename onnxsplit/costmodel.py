@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
+from onnxsplit.choices import COSTS, Costs
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import UsageError
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
     from onnxsplit.profile.store import Profile
 
-Costs = Literal["measure", "estimate"]
-COSTS: tuple[Costs, ...] = ("measure", "estimate")
 # Where a kind's node times come from: its own profile file (devices.toml ``profile``), the profile
 # the kinds share (divided by the kind's speed), or the analytic estimate (divided likewise).
 TimesSource = Literal["own profile", "shared profile", "estimate"]

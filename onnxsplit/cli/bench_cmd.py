@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 
-from rich.table import Table
-
-from onnxsplit.cli.common import console as wide_console
+from onnxsplit.cli import common
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure the pipeline against the original model")
     p.add_argument("outdir", help="a folder written by `onnxsplit split`")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each measurement (default 1)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="turns the pipeline and the original take, to even out a drifting machine (default 3)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="batch size: the first dim of inputs whose first dim is symbolic (default: the split's shapes)")
+    common.add_number(p, "--seconds", default=5.0, metavar="S", help="length of each measurement (default 5)")
+    common.add_number(p, "--warmup", zero=True, default=1.0, metavar="S",
+                      help="unmeasured seconds before each measurement (default 1)")
+    common.add_number(p, "--rounds", kind=int, default=3,
+                      help="turns the pipeline and the original take, to even out a drifting machine (default 3)")
+    common.add_number(p, "--batch", kind=int, default=None, metavar="B",
+                      help="batch size: the first dim of inputs whose first dim is symbolic (default: the split's shapes)")
     p.add_argument("--model", default=None, help="the original model, if it moved since the split")
-    p.add_argument("--queue-size", type=int, default=4, help="requests each stage's queue holds (default 4)")
-    p.add_argument("--no-pin", action="store_true", help="do not pin stage workers to cores")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_number(p, "--queue-size", kind=int, default=4, help="requests each stage's queue holds (default 4)")
+    common.add_runtime(p)
+    common.add_json(p)
     p.set_defaults(run=run)
+
+
+def _check_batch(outdir: str, batch: int) -> None:
+    """Refuse a batch whose inputs could not even be held in this machine's memory (the run would die of MemoryError)."""
+    import numpy as np
+
+    from onnxsplit.manifest import load_manifest
+    from onnxsplit.runtime.bench import bench_shapes
+
+    manifest = load_manifest(outdir)
+    with common.flag_errors("--batch"):
+        shapes, _ = bench_shapes(manifest.inputs, manifest.input_shapes, batch=batch)
+    def itemsize(dtype: str | None) -> int:
+        try:
+            return max(np.dtype(dtype).itemsize, 1)
+        except TypeError:  # a type numpy lacks (bfloat16, ...): at least a byte per element
+            return 1
+
+    nbytes = sum(math.prod(shape) * itemsize(dtype) for _, dtype, shape in manifest.feed_specs(shapes))
+    common.refuse_beyond_memory(f"--batch {batch}: the inputs", nbytes)
 
 
 def _fmt_ms(x: float) -> str:
@@ -33,12 +52,16 @@ def _fmt_ms(x: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.runtime.bench import bench
 
+    if args.batch is not None:
+        _check_batch(args.outdir, args.batch)
     result = bench(args.outdir, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds, batch=args.batch,
                    model_path=args.model, pin=not args.no_pin, queue_size=args.queue_size)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        common.print_json(result.as_dict())
         return 0
-    console = wide_console()
+    from rich.table import Table
+
+    console = common.console()
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in result.input_shapes.items())
     table = Table(title=f"{result.outdir} ({shapes}; {result.samples_per_request} samples per request)")
     for col in ("run", "threads", "requests", "samples/s", "rounds min-max", "p50 ms", "p99 ms"):

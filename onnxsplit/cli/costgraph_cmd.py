@@ -3,33 +3,48 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import Any
 
-from onnxsplit.cli.common import parse_devices
-from onnxsplit.shapes import parse_input_shapes
+from onnxsplit.cli import common
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("costgraph", help="write a model's cost graph (onnxsplit or paper format)")
     p.add_argument("model", help="the ONNX model")
-    p.add_argument("--devices", default="1", help="number of identical devices, or a devices.toml file")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD", help="fix an input's shape")
-    p.add_argument("--costs", default="measure", choices=("measure", "estimate"), help="how node times are found")
-    p.add_argument("--profile", default=None, help="use this profile.json for node times")
-    p.add_argument("--format", default="onnxsplit", choices=("onnxsplit", "paper"), help="file format")
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    common.add_devices(p)
+    common.add_inputs(p)
+    common.add_costs(p)
+    p.add_argument("--format", default=common.COSTGRAPH_FORMATS[0], choices=common.COSTGRAPH_FORMATS,
+                   help="file format (default onnxsplit)")
+    common.add_output(p, what="file to write (default: print the cost graph on stdout)", required=False)
+    common.add_json(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    out = None if args.output is None else common.check_output_file(args.output, force=args.force)
     from onnxsplit.costgraph_io import dump_costgraph
     from onnxsplit.fileio import write_json_atomic
     from onnxsplit.splitting import prepare
 
-    devices = parse_devices(args.devices)
-    prepared = prepare(args.model, devices, input_shapes=parse_input_shapes(args.input_shape), costs=args.costs,
-                       profile_path=args.profile)
-    write_json_atomic(Path(args.output), dump_costgraph(prepared.graph, devices, fmt=args.format))
+    devices = common.parse_devices(args.devices, memory=args.device_memory)
+    options: dict[str, Any] = dict(input_shapes=common.input_shapes(args.input_shape), costs=args.costs,
+                                   profile_path=args.profile)
+    if args.inputs is not None:
+        options["inputs"] = args.inputs
+    with common.status("profiling and building the cost graph..."):
+        prepared = prepare(args.model, devices, **options)
+    doc = dump_costgraph(prepared.graph, devices, fmt=args.format)
+    if out is None:  # the graph itself is the result: one JSON document, --json or not
+        common.print_json(doc)
+        return 0
+    with common.writing(out):
+        write_json_atomic(out, doc)
     g = prepared.graph
-    print(f"wrote {args.output}: {g.n} nodes, {len(g.tensors)} tensors, {len(g.groups)} co-location groups")
+    summary = {"output": str(out), "format": args.format, "nodes": g.n, "tensors": len(g.tensors),
+               "groups": len(g.groups)}
+    if args.json:
+        common.print_json(summary)
+    else:
+        print(f"wrote {out}: {g.n} nodes, {len(g.tensors)} tensors, {len(g.groups)} co-location groups")
     return 0

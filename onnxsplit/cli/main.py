@@ -1,65 +1,87 @@
 """The `onnxsplit` command: subcommands, one-line errors, exit codes.
 
-Exit codes: 0 success (validate: PASSED), 1 a user error or validate FAILED.
+Exit codes: 0 success (validate: PASSED), 1 a user error or validate FAILED,
+130 interrupted (Ctrl-C).
+
+This module imports nothing at the top but ``sys``: everything else loads
+inside :func:`main`, within the handler that turns Ctrl-C into one line, so
+that an interrupt while modules are still importing prints no traceback.
+Each command imports its heavy modules (onnx, onnxruntime, python-mip) in its
+``run``, so ``--help`` and ``solve`` start without them.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from onnxsplit.errors import OnnxSplitError
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 1, like every other user error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"onnxsplit: error: {message}\n")
-        raise SystemExit(1)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    """The argparse parser of every subcommand (imports only the light command modules)."""
+    from onnxsplit import __version__
     from onnxsplit.cli import bench_cmd, costgraph_cmd, profile_cmd, run_cmd, solve_cmd, split_cmd, validate_cmd
+    from onnxsplit.cli.common import Parser
 
-    parser = _Parser(prog="onnxsplit", description="Split ONNX models across devices for pipelined inference.")
+    parser = Parser(prog="onnxsplit", description="Split ONNX models across devices for pipelined inference.")
+    parser.add_argument("--version", action="version", version=f"onnxsplit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    split_cmd.add_parser(sub)
-    validate_cmd.add_parser(sub)
-    profile_cmd.add_parser(sub)
-    costgraph_cmd.add_parser(sub)
-    solve_cmd.add_parser(sub)
-    run_cmd.add_parser(sub)
-    bench_cmd.add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in (split_cmd, validate_cmd, profile_cmd, costgraph_cmd, solve_cmd, run_cmd, bench_cmd):
+        command.add_parser(sub)
     return parser
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"onnxsplit: {record.levelname.lower()}: {record.getMessage()}"
+def _route_warnings(verbose: bool) -> None:
+    """Library log records and Python warnings alike reach stderr as ``onnxsplit: <level>: ...``."""
+    import logging
+    import warnings
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"onnxsplit: {record.levelname.lower()}: {record.getMessage()}"
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    root = logging.getLogger("onnxsplit")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' hook)
+        text = " ".join(str(message).split())
+        sys.stderr.write(f"onnxsplit: warning: {text}\n")
+
+    warnings.showwarning = show
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None) -> int:
+    from onnxsplit.errors import OnnxSplitError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad flag already reported in one line
+    except SystemExit as exc:  # --help, --version, or a bad flag already reported in one line
         return int(exc.code or 0)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    root = logging.getLogger("onnxsplit")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    root.propagate = False
+    _route_warnings(args.verbose)
     try:
         return int(args.run(args) or 0)
     except OnnxSplitError as exc:
-        sys.stderr.write(f"onnxsplit: error: {exc}\n")
+        sys.stderr.write(f"onnxsplit: error: {' '.join(str(exc).splitlines())}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("onnxsplit: interrupted\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as exc:
+        if argv is None:
+            # The process is ending: a second Ctrl-C must not print a traceback on the way out.
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        note = getattr(exc, "note", "")
+        sys.stderr.write(f"onnxsplit: interrupted{'; ' + note if note else ''}\n")
+        sys.stderr.flush()
         return 130
 
 

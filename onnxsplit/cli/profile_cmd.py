@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from onnxsplit.cli.common import console as wide_console, flag_errors
+from onnxsplit.cli import common
+from onnxsplit.cli.common import flag_errors
 from onnxsplit.errors import UsageError
-from onnxsplit.shapes import parse_input_shapes
 
 TOP_NODES = 10
 
@@ -18,17 +14,17 @@ TOP_NODES = 10
 def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="measure every node's time with onnxruntime's profiler")
     p.add_argument("model", help="the ONNX model to profile")
-    p.add_argument("-o", "--output", required=True, help="profile.json to write")
     p.add_argument("--provider", default="cpu",
                    help="a short name (cpu, cuda, tensorrt, ...) or an execution provider's name (default cpu)")
     p.add_argument("--provider-option", action="append", default=[], metavar="K=V",
                    help="an execution provider option, e.g. device_id=0 (repeatable)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
-    p.add_argument("--runs", type=int, default=20, help="measured runs; each node's time is its median (default 20)")
-    p.add_argument("--warmup", type=int, default=5, help="runs before measuring (default 5)")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD",
-                   help="fix an input's shape, e.g. input_ids:4x32 (repeatable)")
-    p.add_argument("--inputs", default=None, help=".npz of input arrays keyed by input name (default: random)")
+    common.add_number(p, "--threads", kind=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    common.add_number(p, "--runs", kind=int, default=20,
+                      help="measured runs; each node's time is its median (default 20)")
+    common.add_number(p, "--warmup", kind=int, zero=True, default=5, help="runs before measuring (default 5)")
+    common.add_inputs(p)
+    common.add_output(p, what="profile.json to write")
+    common.add_json(p)
     p.set_defaults(run=run)
 
 
@@ -48,8 +44,7 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
     """Input shapes from --input-shape, completed (and checked) by the arrays of --inputs."""
     from onnxsplit.ortutil import check_feeds, load_feeds
 
-    with flag_errors("--input-shape"):
-        shapes = parse_input_shapes(args.input_shape)
+    shapes = common.input_shapes(args.input_shape)
     if args.inputs is None:
         return shapes, None
     with flag_errors("--inputs"):
@@ -64,10 +59,14 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    out = common.check_output_file(args.output, force=args.force, creates_folder=True)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from onnxsplit.model import load_model
     from onnxsplit.ortutil import check_provider_options
     from onnxsplit.profile.measure import profile_model
-    from onnxsplit.profile.store import save_profile
+    from onnxsplit.profile.store import profile_to_dict, save_profile
     from onnxsplit.providers import require_available, resolve_provider
 
     with flag_errors("--provider"):
@@ -84,13 +83,18 @@ def run(args: argparse.Namespace) -> int:
         profile = profile_model(model, input_shapes=shapes, provider=provider, provider_options=options,
                                 threads=args.threads, runs=args.runs, warmup=args.warmup, feeds=feeds,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
-    save_profile(profile, args.output)
-    _print_summary(profile, args)
+    save_profile(profile, out)
+    if args.json:
+        common.print_json(profile_to_dict(profile))
+    else:
+        _print_summary(profile, args)
     return 0
 
 
 def _print_summary(profile, args: argparse.Namespace) -> None:
-    console = wide_console()
+    from rich.table import Table
+
+    console = common.console()
     total = profile.total_ms
     table = Table(title=f"{args.model} on {profile.provider}, {profile.threads} thread(s), "
                         f"median of {profile.runs} runs")

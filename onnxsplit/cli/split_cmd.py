@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from onnxsplit.cli.common import console as wide_console, parse_devices
+from onnxsplit.choices import CONTIGUOUS_SOLVERS
+from onnxsplit.cli import common
 from onnxsplit.errors import UsageError
-from onnxsplit.shapes import parse_input_shapes
-from onnxsplit.solve.select import OBJECTIVES
-
-# Solvers whose plans are contiguous, so the stages form a pipeline.
-SPLIT_SOLVERS = ("auto", "dp", "ip", "linear", "greedy")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("split", help="split a model into one standalone ONNX model per device")
     p.add_argument("model", help="the ONNX model to split")
-    p.add_argument("--devices", default="2", help="number of identical devices (default 2)")
-    p.add_argument("--device-memory", default=None, help="memory of each device, e.g. 8G (default: unlimited)")
-    p.add_argument("-o", "--output", required=True, help="folder to write stage_K.onnx, manifest.json, plan.json")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DxD",
-                   help="fix an input's shape for costs and sizes, e.g. input_ids:1x128 (repeatable)")
-    p.add_argument("--costs", default="measure", choices=("measure", "estimate"),
-                   help="measure node times with onnxruntime (cached) or estimate them from FLOPs (default measure)")
-    p.add_argument("--profile", default=None, help="use this profile.json (e.g. measured on the target machine)")
-    p.add_argument("--plan", default=None, help="use this plan (node name -> stage) instead of solving")
-    p.add_argument("--solver", default="auto", choices=SPLIT_SOLVERS,
-                   help="placement solver (default auto: the exact DP, falling back to the integer program)")
-    p.add_argument("--objective", default="throughput", choices=OBJECTIVES, help="what to optimise")
-    p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit in seconds")
-    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
-    p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
+    common.add_devices(p)
+    common.add_inputs(p)
+    common.add_costs(p)
+    common.add_solver(p, solvers=CONTIGUOUS_SOLVERS)
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="use this plan (node name -> stage, or a plan.json) instead of solving")
+    common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
+                      help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
+    common.add_output(p, what="folder to write stage_K.onnx, manifest.json, plan.json")
+    common.add_json(p)
     p.set_defaults(run=run)
 
 
@@ -42,44 +32,92 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def run(args: argparse.Namespace) -> int:
-    from onnxsplit.splitting import split
+def _manifest_state(outdir: Path) -> tuple[int, int] | None:
+    """Identity of OUTDIR's manifest (inode, mtime), to tell afterwards whether a new split was put in place."""
+    try:
+        st = os.stat(outdir / "manifest.json")
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
-    devices = parse_devices(args.devices, memory=args.device_memory)
-    options = dict(devices=devices, input_shapes=parse_input_shapes(args.input_shape), plan=args.plan,
-                   solver=args.solver, time_limit=args.time_limit, force=args.force, costs=args.costs,
-                   profile_path=args.profile, objective=args.objective)
-    rounds = []
-    if args.refine < 0:
-        raise UsageError(f"--refine must be 0 or more, got {args.refine}")
+
+def run(args: argparse.Namespace) -> int:
     if args.refine and args.plan:
         raise UsageError("--refine re-plans; it cannot be combined with --plan")
-    with Console(stderr=True).status("profiling, solving and writing stages..."):
-        if args.refine:
-            from onnxsplit.refine import refine_split
+    devices = common.parse_devices(args.devices, memory=args.device_memory)
+    options: dict[str, Any] = dict(devices=devices, input_shapes=common.input_shapes(args.input_shape),
+                                   plan=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
+                                   costs=args.costs, profile_path=args.profile, objective=args.objective)
+    if args.inputs is not None:
+        options["inputs"] = args.inputs
+    outdir = Path(args.output)
+    before = _manifest_state(outdir)
+    try:
+        rounds = []
+        with common.status("profiling, solving and writing stages..."):
+            if args.refine:
+                from onnxsplit.refine import refine_split
 
-            result, rounds = refine_split(args.model, args.output, rounds=args.refine, **options)
+                result, rounds = refine_split(args.model, outdir, rounds=args.refine, **options)
+            else:
+                from onnxsplit.splitting import split
+
+                result = split(args.model, outdir, **options)
+        for w in result.warnings:
+            common.warn(w)
+        if args.json:
+            common.print_json(_document(args, result, rounds))
         else:
-            result = split(args.model, args.output, **options)
-    console = wide_console()
-    m, plan = result.manifest, result.plan
+            _print_tables(args, result, rounds)
+    except KeyboardInterrupt:
+        now = _manifest_state(outdir)
+        if now is not None and now != before:
+            raise common.Interrupted(f"the split in {outdir} had completed") from None
+        raise
+    return 0
+
+
+def _stage_rows(result) -> list[dict[str, Any]]:
+    m = result.manifest
     bottleneck = max(m.stages, key=lambda s: s.predicted.load_ms).index
+    handoff_bytes = {h.name: h.bytes_per_sample or 0 for h in m.handoffs}
+    rows = []
+    for s in m.stages:
+        rows.append({
+            "index": s.index, "device": s.device, "device_kind": s.device_kind, "nodes": s.nodes,
+            "predicted_ms": s.predicted.load_ms, "weight_bytes": s.weight_bytes,
+            "bytes_in": sum(handoff_bytes.get(i.name, 0) for i in s.inputs if i.producer is not None),
+            "bytes_out": sum(handoff_bytes.get(o.name, 0) for o in s.outputs if o.consumers),
+            "bottleneck": s.index == bottleneck,
+        })
+    return rows
+
+
+def _document(args: argparse.Namespace, result, rounds) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        "model": str(args.model), "outdir": str(result.outdir), "solver": str(plan.solver),
+        "objective": str(plan.objective), "value": plan.value, "lower_bound": plan.lower_bound, "gap": plan.gap,
+        "seconds": result.seconds, "stages": _stage_rows(result), "warnings": list(result.warnings),
+        "refine": [r.as_dict() for r in rounds],
+    }
+
+
+def _print_tables(args: argparse.Namespace, result, rounds) -> None:
+    from rich.table import Table
+
+    plan = result.plan
     table = Table(title=f"{args.model} -> {args.output} ({plan.solver} solver)")
     for col in ("stage", "device", "nodes", "predicted ms", "weights", "in", "out", ""):
         table.add_column(col, justify="right" if col not in ("", "device") else "left")
-    handoff_bytes = {h.name: h.bytes_per_sample or 0 for h in m.handoffs}
-    for s in m.stages:
-        bytes_in = sum(handoff_bytes.get(i.name, 0) for i in s.inputs if i.producer is not None)
-        bytes_out = sum(handoff_bytes.get(o.name, 0) for o in s.outputs if o.consumers)
-        table.add_row(str(s.index), f"{s.device_kind}:{s.device}", str(s.nodes),
-                      f"{s.predicted.load_ms:.4f}", _mb(s.weight_bytes), _mb(bytes_in), _mb(bytes_out),
-                      "bottleneck" if s.index == bottleneck else "")
+    for r in _stage_rows(result):
+        table.add_row(str(r["index"]), f"{r['device_kind']}:{r['device']}", str(r["nodes"]),
+                      f"{r['predicted_ms']:.4f}", _mb(r["weight_bytes"]), _mb(r["bytes_in"]), _mb(r["bytes_out"]),
+                      "bottleneck" if r["bottleneck"] else "")
+    console = common.console()
     console.print(table)
     console.print(f"predicted bottleneck {plan.value:.4f} ms (lower bound {plan.lower_bound:.4f}, gap {plan.gap:.1%}); "
                   f"split in {result.seconds:.2f} s")
     for r in rounds:
         console.print(f"refine round {r.index}: predicted bottleneck {r.predicted_bottleneck_ms:.4f} ms, measured "
                       f"{r.measured_bottleneck_ms:.4f} ms, {r.samples_per_s:.1f} samples/s" + (" (kept)" if r.kept else ""))
-    for w in result.warnings:
-        console.print(f"[bold yellow]WARNING:[/] {w}")
-    return 0

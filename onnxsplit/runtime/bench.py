@@ -16,6 +16,7 @@ alike instead of whichever happened to run at the bad moment.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -123,10 +124,10 @@ def bench_shapes(inputs: Sequence[TensorSpec], input_shapes: Mapping[str, Sequen
     if batch is None:
         return shapes, 1.0
     if batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {batch}")
+        raise UsageError(f"the batch must be at least 1, got {batch}")
     dynamic = [i.name for i in inputs if i.shape and not isinstance(i.shape[0], int)]
     if not dynamic:
-        raise UsageError("--batch: no model input has a symbolic first dimension")
+        raise UsageError("no model input has a symbolic first dimension to batch")
     scale = batch / shapes[dynamic[0]][0]
     for name in dynamic:
         shapes[name] = (batch, *shapes[name][1:])
@@ -250,10 +251,10 @@ def bench(
     ``rounds`` turns, after ``warmup`` unmeasured seconds at its first turn;
     the whole run takes about three times ``seconds + warmup``.
     """
-    if seconds <= 0 or warmup < 0:
-        raise UsageError(f"--seconds must be positive and --warmup not negative (got {seconds}, {warmup})")
+    if not (0 < seconds < math.inf and 0 <= warmup < math.inf):  # nan fails both: it would never end
+        raise UsageError(f"seconds must be positive and warmup not negative, both finite (got {seconds}, {warmup})")
     if rounds < 1 or in_flight_per_stage < 1:
-        raise UsageError(f"--rounds and in_flight_per_stage must be at least 1 (got {rounds}, {in_flight_per_stage})")
+        raise UsageError(f"rounds and in_flight_per_stage must be at least 1 (got {rounds}, {in_flight_per_stage})")
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
     source = check_source(model_path if model_path is not None else manifest.source_path(), manifest.source.sha256,

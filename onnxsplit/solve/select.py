@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from onnxsplit.choices import OBJECTIVES, SOLVERS
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, OnnxSplitError, UsageError
@@ -230,8 +231,6 @@ REGISTRY: Mapping[str, SolverEntry] = MappingProxyType({
     "local": SolverEntry(_run_local),
     "expert": SolverEntry(_run_expert, _BOTH, check_fits=False),
 })
-SOLVERS: tuple[str, ...] = tuple(REGISTRY)
-OBJECTIVES: tuple[str, ...] = tuple(o.value for o in Objective)
 
 
 def solve(

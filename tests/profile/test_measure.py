@@ -486,7 +486,7 @@ def test_cli_inputs_give_shapes(small, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--provider", "NoSuch"], "unknown execution provider 'NoSuch'"),
     (["--provider-option", "novalue"], "expected KEY=VALUE"),
-    (["--runs", "0"], "runs >= 1"),
+    (["--runs", "0"], "--runs must be at least 1, got 0"),
     (["--input-shape", "x:2x8", "--inputs", "IN"], "disagrees with --inputs"),
 ])
 def test_cli_errors_are_one_line(small, tmp_path, capsys, extra, message):

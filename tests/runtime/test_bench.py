@@ -101,9 +101,9 @@ def test_bench_checks_the_original(transformer, tmp_path):
         bench(transformer, seconds=0.1, model_path=tmp_path / "missing.onnx")
     with pytest.raises(ModelError, match="is not the model this folder was split from"):
         bench(transformer, seconds=0.1, model_path=MODELS / "branchy_cnn.onnx")
-    with pytest.raises(UsageError, match="--seconds"):
+    with pytest.raises(UsageError, match="seconds must be positive"):
         bench(transformer, seconds=0)
-    with pytest.raises(UsageError, match="--rounds"):
+    with pytest.raises(UsageError, match="rounds and in_flight_per_stage must be at least 1"):
         bench(transformer, seconds=1, rounds=0)
 
 

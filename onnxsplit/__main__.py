@@ -1,0 +1,5 @@
+"""``python -m onnxsplit``: the command line."""
+
+from onnxsplit.cli.main import main
+
+raise SystemExit(main())
