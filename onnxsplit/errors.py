@@ -30,3 +30,7 @@ class DeviceSpecError(OnnxSplitError):
 
 class UsageError(OnnxSplitError):
     """A command-line flag or argument is wrong."""
+
+
+class OutputError(OnnxSplitError):
+    """An output path cannot be written: it holds files onnxsplit did not write, is not a folder, or is not writable."""

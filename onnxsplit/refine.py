@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.fileio import write_json_atomic
-from onnxsplit.rewrite.extract import copy_tree_atomic
+from onnxsplit.outdir import make_scratch, place, remove_scratch, resolve_outdir
 from onnxsplit.solve.plan import stage_loads
 from onnxsplit.solve.select import solve
 from onnxsplit.splitting import SplitResult, split
@@ -72,22 +71,22 @@ def refine_split(model_path: str | os.PathLike, outdir: str | os.PathLike, *, ro
         if new_plan.stage_of == plan.stage_of:
             log.info("refine round %d: the plan did not change; stopping", r)
             break
-        trial = outdir.with_name(f".{outdir.name}.refine{r}")
-        shutil.rmtree(trial, ignore_errors=True)
+        # A marked scratch folder, so a killed refine leaves nothing the next split cannot clean up; the split
+        # written over it keeps the marker. It is a sibling of outdir, so the manifest's relative paths hold in both.
+        trial = make_scratch(resolve_outdir(outdir).parent, role="trial", target=outdir.name).path
         try:
-            candidate = split(model_path, trial, plan=new_plan, **options)
+            candidate = split(model_path, trial, plan=new_plan, force=True, **options)
             throughput, measured = _measure(trial, seconds)
             kept = throughput > best_throughput
             history.append(Round(r, new_plan.value, max(measured), throughput, kept))
             log.info("refine round %d: predicted %.4f ms, measured %.4f ms, %.1f samples/s%s", r, new_plan.value,
                      max(measured), throughput, " (kept)" if kept else "")
             if kept:
-                copy_tree_atomic(trial, outdir, force=True)
-                # The trial folder is a sibling of outdir, so the manifest's relative paths hold there too.
+                place(trial, outdir, force=True)
                 moved = replace(candidate.manifest, folder=outdir)
                 best_throughput, result = throughput, replace(candidate, outdir=outdir, manifest=moved)
         finally:
-            shutil.rmtree(trial, ignore_errors=True)
+            remove_scratch(trial)
         plan = candidate.plan
     plan_path = result.manifest.plan_path()
     doc = json.loads(plan_path.read_text())

@@ -17,10 +17,11 @@ from pathlib import Path
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.costmodel import Costs, KindTimes, build_costgraph, kind_times, shared_profile
 from onnxsplit.devices import Devices, identical_devices
-from onnxsplit.errors import PlanError, UsageError
+from onnxsplit.errors import PlanError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
+from onnxsplit.outdir import check_outdir
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.rewrite.stages import Cut, cut_stages
@@ -220,8 +221,7 @@ def split(
     """
     start = time.perf_counter()
     outdir = Path(outdir)
-    if outdir.exists() and not force:
-        raise UsageError(f"{outdir} already exists (use --force to replace it)")
+    check_outdir(outdir, force=force)  # refuse before the slow part, and clear stale scratch folders
     if isinstance(devices, int):
         devices = identical_devices(devices)
     prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path)

@@ -8,7 +8,6 @@ file into the stage's own data file, so no >2 GB protobuf is ever built.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import onnx
@@ -158,18 +157,3 @@ def write_stage(model: Model, proto: onnx.ModelProto, path: Path) -> str | None:
             new.external_data.add(key="length", value=str(length))
     onnx.save_model(proto, str(path))
     return data_name
-
-
-def copy_tree_atomic(tmp: Path, final: Path, *, force: bool) -> None:
-    """Move a finished output folder into place; with force, replace what was there."""
-    if final.exists():
-        if not force:
-            raise FileExistsError(final)
-        backup = final.with_name(final.name + ".onnxsplit-old")
-        if backup.exists():
-            shutil.rmtree(backup)
-        final.rename(backup)
-        tmp.rename(final)
-        shutil.rmtree(backup)
-    else:
-        tmp.rename(final)

@@ -9,8 +9,6 @@ is left behind, not even the temporary folder.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,9 +21,10 @@ from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manif
                                 StageInput, StageOutput, TensorSpec)
 from onnxsplit.model import Model, tensor_nbytes
 from onnxsplit.ortutil import dtype_name, random_feeds, run_with_outputs
+from onnxsplit.outdir import output_folder
 from onnxsplit.planfile import save_plan
 from onnxsplit.prepared import Loaded, Prepared
-from onnxsplit.rewrite.extract import copy_tree_atomic, stage_proto, write_stage
+from onnxsplit.rewrite.extract import stage_proto, write_stage
 from onnxsplit.rewrite.stages import Cut
 from onnxsplit.shapes import TensorType
 from onnxsplit.solve.plan import Plan, stage_loads
@@ -162,20 +161,15 @@ def write_split(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut, *, o
                 force: bool = False) -> Manifest:
     """Write the split folder of ``plan`` to ``outdir`` atomically and return its manifest.
 
-    The folder is built next to ``outdir`` and moved into place at the end;
-    with ``force`` an existing ``outdir`` is replaced.
+    The folder is built in a scratch folder beside ``outdir`` and moved into
+    place at the end (see :mod:`onnxsplit.outdir`); with ``force`` an
+    existing ``outdir`` that holds a previous split is replaced.
     """
     outdir = Path(outdir)
     probed = type_handoffs(prepared, cut)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
+    with output_folder(outdir, force=force) as tmp:
         stages = _write_stages(prepared, devices, plan, cut, probed, tmp)
         manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir)
         manifest.write(tmp / FILENAME)
         save_plan(plan, tmp / PLAN_FILE, graph=prepared.graph, devices=devices)
-        copy_tree_atomic(tmp, outdir, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

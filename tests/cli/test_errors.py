@@ -34,7 +34,7 @@ def good(tmp_path):
 
 def _no_leftovers(parent, name="out"):
     assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+    assert not [p for p in parent.iterdir() if p.name.startswith((f".{name}.", ".onnxsplit-"))]
 
 
 def test_not_a_file(tmp_path, capsys):
@@ -102,8 +102,15 @@ def test_existing_outdir_needs_force(good, tmp_path, capsys):
     code, err = _run(["split", good, "--devices", 2, "-o", out], capsys)
     _assert_one_line_error(code, err, "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a previous split: a folder holding anything else is refused, and kept.
+    code, err = _run(["split", good, "--devices", 2, "-o", out, "--force"], capsys)
+    _assert_one_line_error(code, err, "keep.txt")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert main(["split", str(good), "--devices", "2", "-o", str(out)]) == 1
     assert main(["split", str(good), "--devices", "2", "-o", str(out), "--force"]) == 0
-    assert (out / "manifest.json").exists() and not (out / "keep.txt").exists()
+    assert main(["split", str(good), "--devices", "2", "-o", str(out), "--force"]) == 0
+    assert (out / "manifest.json").exists()
 
 
 def test_model_does_not_fit_memory(tmp_path, capsys):
