@@ -200,10 +200,10 @@ def test_unknown_provider_options_are_refused():
     (["--provider-option", "bogus=1"], ["--provider-option", "'bogus'"]),
     (["--provider-option", "a=1", "--provider-option", "a=2"], ["'a'", "already"]),
     (["--runs", "nan"], ["--runs"]),
-    (["--runs", "-2"], ["runs >= 1"]),
-    (["--warmup", "-1"], ["warmup >= 0"]),
+    (["--runs", "-2"], ["--runs must be at least 1, got -2"]),
+    (["--warmup", "-1"], ["--warmup must be 0 or more, got -1"]),
     (["--warmup", "inf"], ["--warmup"]),
-    (["--threads", "0"], ["threads >= 1"]),
+    (["--threads", "0"], ["--threads must be at least 1, got 0"]),
 ])
 def test_profile_flags_are_checked(tmp_path, capsys, extra, needles):
     good = save(chain(2), tmp_path / "good.onnx")
