@@ -15,6 +15,7 @@ PEAK = ("import resource, sys; from onnxsplit.cli.main import main; code = main(
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
 
 
+@pytest.mark.slow
 def test_split_over_2gb(tmp_path):
     src = tmp_path / "big" / "large.onnx"
     src.parent.mkdir()

@@ -2,19 +2,17 @@
 
 Timing checks run on the bundled models and the onnx package's light
 ResNet-50, each profiled twice. A shared machine (other processes holding
-cores) disturbs whole-run latency more than per-kernel medians; a timing
-check that fails while the machine is busy is measured again, and skipped
-with the reason if the machine stays busy. The two profiles are compared
-only when the machine ran at the same speed for both (their unprofiled
-end-to-end latencies agree); otherwise they are measured again, and the
-comparison is skipped with the reason if the speed keeps moving. A profile's
-node times must always add up to its own end-to-end latency.
+cores) disturbs whole-run latency more than per-kernel medians, so a timing
+check gets a few attempts and one of them must meet every property. The two
+profiles are compared only when the machine ran at the same speed for both
+(their unprofiled end-to-end latencies agree); otherwise they are measured
+again, and left uncompared if the speed keeps moving. A profile's node times
+must always add up to its own end-to-end latency.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +68,6 @@ def profiles():
     return get
 
 
-def _busy() -> bool:
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
-    except OSError:
-        return False
-
-
 def _drift(first: Profile, second: Profile) -> str | None:
     """Why the two profiles cannot be compared, if the machine itself changed speed between them.
 
@@ -105,6 +96,7 @@ def _timing_failures(first: Profile, second: Profile) -> list[str]:
 ATTEMPTS = 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_times_add_up_and_repeat(case, profiles):
     """Some attempt (of a few) must meet every property: a profiler that is off fails them all,
@@ -116,12 +108,9 @@ def test_times_add_up_and_repeat(case, profiles):
         first, second = _profile(case), _profile(case)
         failures = _timing_failures(first, second)
         tries.append(failures)
-    if failures and _busy():
-        pytest.skip(f"machine busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): {failures[0]}")
+    # When the machine's own speed kept moving, the two profiles were not compared (the node times of each
+    # still had to add up to its own end-to-end latency).
     assert not failures, tries
-    drift = _drift(first, second)
-    if drift is not None:
-        pytest.skip(drift)
 
 
 @pytest.mark.parametrize("case", list(CASES))
