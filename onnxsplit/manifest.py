@@ -248,7 +248,11 @@ class Manifest:
         ModelError, naming the file and the field, when a field is missing or
         of the wrong type, a stage is out of order, a tensor is routed from or
         to a stage that does not exist, or (with ``check_files``) a file it
-        names is missing.
+        names is missing. Beyond each field's type it checks that tensor names
+        are unique where they must be, that every model input has a known
+        dtype and a shape in ``input_shapes`` of the same rank, that
+        ``handoffs[]`` and ``outputs[]`` agree with the stages' own inputs and
+        outputs, and that the files it names lie inside the split folder.
         """
         path = Path(where)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -256,7 +260,9 @@ class Manifest:
         if doc.get("version") != VERSION:
             raise UsageError(f"{path}: manifest version {doc.get('version')} is not supported (expected {VERSION})")
         manifest = _Reader(path).manifest(doc)
+        _check_names(manifest, path)
         _check_routing(manifest, path)
+        _check_handoffs(manifest, path)
         if check_files:
             _check_files(manifest, path)
         return manifest
@@ -271,7 +277,15 @@ def load_manifest(outdir: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise UsageError(f"{outdir}: not a split folder (no {FILENAME})")
     try:
-        doc = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8: not a text file at all
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not text.strip():
+        raise UsageError(f"{path}: empty file (not an onnxsplit manifest)")
+    try:
+        doc = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
     return Manifest.from_json(doc, where=path)
@@ -370,6 +384,13 @@ class _Reader:
             return self.get(s, key, where)
 
         options = self.as_obj(get("provider_options"), f"{where}.provider_options")
+        for key, option in options.items():
+            # onnxruntime takes every option as a string; anything else is an edit gone wrong.
+            if isinstance(option, (dict, list)) or option is None:
+                raise self.fail(f"{where}.provider_options.{key}", f"expected a string or a number, got {_kind(option)}")
+        if "device_id" in options and not str(options["device_id"]).isdigit():
+            raise self.fail(f"{where}.provider_options.device_id",
+                            f"expected a device number, got {options['device_id']!r}")
         p = self.as_obj(get("predicted"), f"{where}.predicted")
         predicted = PredictedLoad(*(self.as_number(self.get(p, k, f"{where}.predicted"), f"{where}.predicted.{k}")
                                     for k in ("compute_ms", "receive_ms", "send_ms", "load_ms")))
@@ -413,7 +434,20 @@ class _Reader:
             name, dtype, shape, _ = self.as_tensor(x, f"inputs[{j}]")
             if name not in shapes:
                 raise self.fail("input_shapes", f"no shape for model input {name!r}")
+            # Random inputs are made from these: a model input always has a tensor type.
+            if dtype is None or not _known_dtype(dtype):
+                raise self.fail(f"inputs[{j}].dtype", f"expected the name of a tensor element type, got {dtype!r}")
+            fixed = shapes[name]
+            if shape is not None and len(shape) != len(fixed):
+                raise self.fail(f"input_shapes.{name}", f"has rank {len(fixed)} but inputs[{j}].shape has rank "
+                                f"{len(shape)}")
+            for d, (want, got) in enumerate(zip(shape or (), fixed)):
+                if isinstance(want, int) and want >= 0 and want != got:
+                    raise self.fail(f"input_shapes.{name}[{d}]", f"is {got} but the model fixes that dim to {want}")
             inputs.append(TensorSpec(name, dtype, shape))
+        unknown = sorted(set(shapes) - {i.name for i in inputs})
+        if unknown:
+            raise self.fail(f"input_shapes.{unknown[0]}", "not a model input (not in inputs)")
         outputs = []
         for j, x in enumerate(self.as_list(self.get(doc, "outputs", ""), "outputs")):
             name, dtype, shape, t = self.as_tensor(x, f"outputs[{j}]")
@@ -440,6 +474,124 @@ def _kind(value: Any) -> str:
         return "null"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "an object"}.get(type(value), type(value).__name__)
+
+
+# The element type names onnxsplit writes for ONNX tensors (numpy's names, plus ONNX's own for the types numpy lacks).
+_DTYPES = frozenset({
+    "bool", "str", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "bfloat16",
+    "float32", "float64", "complex64", "complex128", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn", "int2", "int4", "uint2",
+    "uint4",
+})
+
+
+def _known_dtype(name: str) -> bool:
+    if name in _DTYPES:
+        return True
+    import numpy as np  # an element type newer than the list above, that numpy knows
+
+    try:
+        np.dtype(name)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_file_name(name: str, where: str, path: Path) -> None:
+    """A file of the split lies inside the split folder: a manifest never sends a reader elsewhere."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts:
+        raise ModelError(f"{path}: {where}: {name!r} is not a file name inside the split folder")
+
+
+def _first_repeat(names: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
+def _check_names(m: Manifest, path: Path) -> None:
+    """Tensor names unique where a reader keys by them; file names inside the folder."""
+
+    def fail(where: str, problem: str) -> ModelError:
+        return ModelError(f"{path}: {where}: {problem}")
+
+    for where, names in (("inputs", m.input_names), ("outputs", m.output_names),
+                         ("handoffs", [h.name for h in m.handoffs])):
+        again = _first_repeat(names)
+        if again is not None:
+            raise fail(where, f"{again!r} is listed twice")
+    made_by: dict[str, int] = {}
+    for k, s in enumerate(m.stages):
+        _check_file_name(s.file, f"stages[{k}].file", path)
+        if s.external_data is not None:
+            _check_file_name(s.external_data, f"stages[{k}].external_data", path)
+        for key, names in (("inputs", [i.name for i in s.inputs]), ("outputs", [o.name for o in s.outputs])):
+            again = _first_repeat(names)
+            if again is not None:
+                raise fail(f"stages[{k}].{key}", f"{again!r} is listed twice")
+        for j, o in enumerate(s.outputs):
+            if o.name in made_by:
+                raise fail(f"stages[{k}].outputs[{j}]", f"{o.name!r} is made by stage {made_by[o.name]} already")
+            made_by[o.name] = k
+    files = [s.file for s in m.stages]
+    again = _first_repeat(files)
+    if again is not None:
+        raise fail("stages", f"two stages name the file {again!r}")
+    _check_file_name(m.plan_file, "plan", path)
+
+
+def _check_handoffs(m: Manifest, path: Path) -> None:
+    """``handoffs[]`` and ``outputs[]`` say what the stages' own inputs and outputs say.
+
+    Runs after :func:`_check_routing`: every stage index named exists.
+    """
+
+    def fail(where: str, problem: str) -> ModelError:
+        return ModelError(f"{path}: {where}: {problem}")
+
+    by_name = {h.name: (j, h) for j, h in enumerate(m.handoffs)}
+    graph_outputs = {(o.name, o.stage) for o in m.outputs}
+    if not m.outputs:
+        raise fail("outputs", "empty (a split model has at least one output)")
+    for k, s in enumerate(m.stages):
+        for j, o in enumerate(s.outputs):
+            where = f"stages[{k}].outputs[{j}]"
+            if o.graph_output != ((o.name, k) in graph_outputs):
+                said = "is" if o.graph_output else "is not"
+                raise fail(f"{where}.graph_output", f"says {o.name!r} {said} a model output, outputs[] disagrees")
+            if o.consumers and o.name not in by_name:
+                raise fail(f"{where}.to", f"{o.name!r} goes to stages {list(o.consumers)} but is not in handoffs")
+            for c in o.consumers:
+                if not any(i.name == o.name and i.producer == k for i in m.stages[c].inputs):
+                    raise fail(f"{where}.to", f"stage {c} does not read {o.name!r} from stage {k}")
+        for j, i in enumerate(s.inputs):
+            if i.producer is None:
+                continue
+            if i.name not in by_name:
+                raise fail(f"stages[{k}].inputs[{j}]", f"{i.name!r} comes from stage {i.producer} but is not in handoffs")
+            h = by_name[i.name][1]
+            if (i.dtype, i.shape) != (h.dtype, h.shape):
+                raise fail(f"stages[{k}].inputs[{j}]", f"dtype {i.dtype} shape {_shape_text(i.shape)}, but "
+                           f"handoffs[{by_name[i.name][0]}] says {h.dtype} {_shape_text(h.shape)}")
+    for j, h in by_name.values():
+        where = f"handoffs[{j}]"
+        made = next((o for o in m.stages[h.producer].outputs if o.name == h.name), None)
+        if made is None:
+            raise fail(f"{where}.name", f"stage {h.producer} has no output {h.name!r}")
+        if tuple(h.consumers) != tuple(made.consumers):
+            raise fail(f"{where}.consumers", f"{list(h.consumers)}, but stages[{h.producer}] sends {h.name!r} to "
+                       f"{list(made.consumers)}")
+        if (h.dtype, h.shape) != (made.dtype, made.shape):
+            raise fail(where, f"dtype {h.dtype} shape {_shape_text(h.shape)}, but stages[{h.producer}] makes "
+                       f"{h.name!r} as {made.dtype} {_shape_text(made.shape)}")
+
+
+def _shape_text(shape: tuple[Dim, ...] | None) -> str:
+    return "unknown" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _check_routing(m: Manifest, path: Path) -> None:

@@ -94,6 +94,19 @@ def test_manifest_is_frozen_and_pickles(folder):
     assert isinstance(m.stages[0], Stage)
 
 
+@pytest.mark.parametrize("text, message", [
+    (b"", "empty file"), (b" \n\t", "empty file"), (b"{\"format\": \"onnxsplit.manif", "not valid JSON"),
+    (b"\xff\xfe\x00", "not valid JSON"), (b"null", "not an onnxsplit manifest"),
+])
+def test_empty_truncated_or_binary_manifest(edited, text, message):
+    out, _ = edited
+    (out / "manifest.json").write_bytes(text)
+    with pytest.raises(UsageError) as info:
+        load_manifest(out)
+    assert str(info.value) == f"{out / 'manifest.json'}: {message}" or str(info.value).startswith(
+        f"{out / 'manifest.json'}: {message} (")
+
+
 def test_not_a_split_folder(tmp_path):
     with pytest.raises(UsageError, match="not a split folder"):
         load_manifest(tmp_path / "nothing")
@@ -169,7 +182,42 @@ EDITS = {
     "graph input that is not one": (lambda d: d["stages"][0]["inputs"][0].update({"name": "ghost"}),
                                     "stages[0].inputs[0].from: 'ghost' comes from the graph but is not a model input"),
     "sent backwards": (lambda d: d["stages"][1]["outputs"][0]["to"].append(0), "stages[1].outputs[0].to: stage 0"),
+    # names a reader keys by
+    "output listed twice": (lambda d: d["outputs"].append(copy.deepcopy(d["outputs"][0])), "outputs: 'y' is listed twice"),
+    "outputs empty": (_set(["outputs"], []), "outputs: empty"),
+    "tensor made twice": (lambda d: d["stages"][1]["outputs"][0].update(name=d["stages"][0]["outputs"][0]["name"]),
+                          "stages[1].outputs[0]: 'r0' is made by stage 0 already"),
+    "stage input listed twice": (lambda d: d["stages"][2]["inputs"].append(copy.deepcopy(d["stages"][2]["inputs"][0])),
+                                 "stages[2].inputs: "),
+    # model inputs
+    "input dtype unknown": (_set(["inputs", 0, "dtype"], "float33"), "inputs[0].dtype: expected the name of a tensor"),
+    "input dtype null": (_set(["inputs", 0, "dtype"], None), "inputs[0].dtype: expected the name of a tensor"),
+    "input shape of another rank": (_set(["input_shapes", "x"], [1, 8, 1]), "input_shapes.x: has rank 3"),
+    "input shape against a fixed dim": (_set(["input_shapes", "x"], [1, 9]),
+                                        "input_shapes.x[1]: is 9 but the model fixes that dim to 8"),
+    "input shape for no input": (lambda d: d["input_shapes"].update(ghost=[1]), "input_shapes.ghost: not a model input"),
+    "provider option a list": (_set(["stages", 0, "provider_options"], {"device_id": [0]}),
+                               "stages[0].provider_options.device_id: expected a string or a number"),
+    "device_id not a number": (_set(["stages", 0, "provider_options"], {"device_id": "first"}),
+                               "stages[0].provider_options.device_id: expected a device number"),
+    # handoffs[] and outputs[] against the stages
+    "hand-off renamed": (_set(["handoffs", 0, "name"], "ghost"), "but is not in handoffs"),
+    "hand-off removed": (lambda d: d["handoffs"].pop(0), "but is not in handoffs"),
+    "hand-off consumers differ": (lambda d: d["handoffs"][0]["consumers"].pop(), "handoffs[0].consumers: "),
+    "hand-off shape differs": (_set(["handoffs", 0, "shape"], ["N", 9]), "but handoffs[0] says float32 [N, 9]"),
+    "stage input type differs": (lambda d: next(i for i in d["stages"][1]["inputs"] if i["from"] == 0).update(dtype="int8"),
+                                 "stages[1].inputs[0]: dtype int8"),
+    "sent to a stage that does not read it": (lambda d: d["stages"][2].update(
+        inputs=[i for i in d["stages"][2]["inputs"] if i["from"] != 1]),
+        "stages[1].outputs[0].to: stage 2 does not read 'r2' from stage 1"),
+    "graph_output flag off": (_set(["stages", 2, "outputs", 0, "graph_output"], False),
+                              "stages[2].outputs[0].graph_output: says 'y' is not a model output"),
     # files
+    "stage file outside the folder": (_set(["stages", 1, "file"], "../stage_1.onnx"),
+                                      "stages[1].file: '../stage_1.onnx' is not a file name inside the split folder"),
+    "stage file absolute": (_set(["stages", 1, "file"], "/etc/hostname"), "stages[1].file: '/etc/hostname' is not"),
+    "weights outside the folder": (_set(["stages", 0, "external_data"], "../../w.data"), "stages[0].external_data: "),
+    "two stages, one file": (_set(["stages", 1, "file"], "stage_0.onnx"), "stages: two stages name the file"),
     "stage file missing": (_remove_stage_file("stage_1.onnx"), "stages[1].file: stage_1.onnx is missing"),
     "stage file renamed": (_set(["stages", 2, "file"], "stage_9.onnx"), "stages[2].file: stage_9.onnx is missing"),
 }

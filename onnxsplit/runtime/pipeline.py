@@ -280,8 +280,14 @@ class Pipeline:
     def map(self, feeds: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
         """Results in submission order, reading at most ``capacity`` feeds ahead of the caller.
 
-        A failed request raises its error when its turn comes; closing the
-        iterator early cancels the requests it had read ahead.
+        A failed request (a StageError from a stage, or a FeedError for feeds
+        that do not name the model's inputs) raises its error from ``next()``
+        when its turn comes, after every result before it, and that ends the
+        iteration: the requests read ahead of it are cancelled (any already
+        running finish unseen), nothing waits on them, and the pipeline stays
+        open for new requests. Closing the iterator early cancels the
+        read-ahead the same way. To get past a failure, ``submit`` each
+        request and read each Future instead.
         """
         window: deque[Future] = deque()
         source = iter(feeds)
