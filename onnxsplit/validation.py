@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from onnxsplit.errors import ModelError, OnnxSplitError, UsageError
+from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.integrity import check_source_model, check_stage_files
-from onnxsplit.manifest import Manifest, TensorSpec, load_manifest
+from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.model import Model, check_source, load_model
-from onnxsplit.ortutil import load_feeds, make_session, random_feeds
+from onnxsplit.ortutil import check_feeds, load_feeds, make_session, ort_errors, random_feeds, run_with_outputs
 
 # fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that
 # stops onnxruntime fusing two kernels changes rounding at that level.
@@ -93,68 +92,6 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
 
 # -- running under onnxruntime, its failures as one line ---------------------------------------------------------------
 
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
-_ORT_NODE = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: (.*)")
-
-
-def ort_message(exc: BaseException) -> str:
-    """onnxruntime's error as one line, naming the node that failed when onnxruntime says which."""
-    text = _ORT_PREFIX.sub("", " ".join(str(exc).split()))
-    found = _ORT_NODE.search(text)
-    if found:
-        return f"node {found.group(2)!r} ({found.group(1)}): {found.group(3)}"
-    return text or type(exc).__name__
-
-
-def _ort_errors() -> tuple[type[BaseException], ...]:
-    """What onnxruntime raises: its own error types, and the Python errors its wrapper raises for a bad feed."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    own = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
-    return (*own, RuntimeError, ValueError, TypeError)
-
-
-def _quiet():
-    """Run options that keep onnxruntime's own multi-line log of a failed run off the terminal;
-    the failure reaches the user as one line of ours instead."""
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    options.log_severity_level = 4
-    return options
-
-
-def _run_original(model: Model, names: Sequence[str], feeds: Mapping[str, np.ndarray], *, fed_from: str,
-                  error: type[OnnxSplitError]) -> dict[str, np.ndarray]:
-    """The original's graph outputs and the named intermediate tensors; an onnxruntime failure is one line.
-
-    A failed run raises ``error`` naming ``fed_from`` (where the feeds came
-    from): the user's inputs are at fault when they gave them. The model goes to onnxruntime as bytes without its external weights,
-    which onnxruntime reads from the model's folder.
-    """
-    graph = model.proto.graph
-    existing = {o.name for o in graph.output}
-    added = [n for n in dict.fromkeys(names) if n not in existing]
-    for name in added:
-        vi = graph.output.add()
-        vi.name = name
-        if name in model.value_info:
-            vi.type.tensor_type.elem_type = model.value_info[name].type.tensor_type.elem_type
-    try:
-        data = model.proto.SerializeToString()
-    finally:
-        del graph.output[len(graph.output) - len(added):]
-    try:
-        session = make_session(data, external_folder=model.base_dir)
-    except _ort_errors() as exc:  # an op or opset onnxruntime lacks, or damaged weights
-        raise ModelError(f"{model.path}: onnxruntime cannot load the model: {ort_message(exc)}") from None
-    wanted = [o.name for o in session.get_outputs()]
-    try:
-        return dict(zip(wanted, session.run(wanted, dict(feeds), _quiet())))
-    except _ort_errors() as exc:
-        raise error(f"{model.path}: onnxruntime failed on {fed_from}: {ort_message(exc)}") from None
-
-
 def _shapes_text(shapes: Mapping[str, Sequence[int]]) -> str:
     return ", ".join(f"{n}:{'x'.join(str(d) for d in dims) or 'scalar'}" for n, dims in shapes.items())
 
@@ -174,19 +111,18 @@ def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int
         names = [o.name for o in stage.outputs]
         if not names:  # nothing to compute that anyone reads; onnxruntime refuses a run for no outputs
             continue
+        label = f"{path}: stage {k}"
+        session = make_session(path, provider=stage.provider, provider_options=dict(stage.provider_options),
+                               threads=threads, label=label)
         try:
-            session = make_session(path, provider=stage.provider, provider_options=dict(stage.provider_options),
-                                   threads=threads)
-        except _ort_errors() as exc:  # a damaged stage file or weights file
-            raise ModelError(f"{path}: stage {k}: onnxruntime cannot load it: {ort_message(exc)}") from None
-        try:
-            values = session.run(names, {i.name: env[i.name] for i in stage.inputs}, _quiet())
-        except _ort_errors() as exc:
-            hint = ""
-            if fed != split_for:  # a stage may have kept a dim the split's input shapes fixed
-                hint = (f" (the split was made for input shapes {_shapes_text(split_for)}; these inputs are "
-                        f"{_shapes_text(fed)})")
-            raise ModelError(f"{path}: stage {k}: onnxruntime failed: {ort_message(exc)}{hint}") from None
+            with ort_errors(label):
+                values = session.run(names, {i.name: env[i.name] for i in stage.inputs})
+        except ModelError as exc:
+            if fed == split_for:
+                raise
+            # A stage may have kept a dim that the split's input shapes fixed.
+            raise ModelError(f"{exc} (the split was made for input shapes {_shapes_text(split_for)}; these inputs "
+                             f"are {_shapes_text(fed)})") from None
         env.update(zip(names, values))
     return env
 
@@ -194,48 +130,14 @@ def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int
 # -- user inputs --------------------------------------------------------------------------------------------------
 
 
-def check_feeds(feeds: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], *, where: str | os.PathLike) -> None:
-    """Every feed has the dtype and rank its model input declares, and every dim the model fixes.
-
-    Before: ``feeds`` has exactly one array per input (as ``load_feeds``
-    returns them). Symbolic dims take any size. Raises UsageError naming
-    ``where`` (the inputs file), the input, and what does not match.
-    """
-    for spec in inputs:
-        value = np.asarray(feeds[spec.name])
-        if spec.dtype is not None and not _dtype_matches(value.dtype, spec.dtype):
-            raise UsageError(f"{where}: input {spec.name!r} has dtype {value.dtype.name}, the model takes "
-                             f"{spec.dtype}")
-        if spec.shape is None:
-            continue
-        if value.ndim != len(spec.shape):
-            raise UsageError(f"{where}: input {spec.name!r} has rank {value.ndim} (shape {list(value.shape)}), the "
-                             f"model takes rank {len(spec.shape)} ({_dims_text(spec.shape)})")
-        for j, (want, got) in enumerate(zip(spec.shape, value.shape)):
-            if isinstance(want, int) and want >= 0 and want != got:
-                raise UsageError(f"{where}: input {spec.name!r} has size {got} in dim {j} (shape "
-                                 f"{list(value.shape)}), the model fixes that dim to {want} "
-                                 f"({_dims_text(spec.shape)})")
-
-
-def _dtype_matches(got: np.dtype, want: str) -> bool:
-    if want == "str":
-        return got.kind in "USO"
-    return got.name == want
-
-
-def _dims_text(shape: Sequence[Any]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _read_feeds(path: str | os.PathLike, manifest: Manifest) -> dict[str, np.ndarray]:
+def _read_feeds(path: str | os.PathLike, model: Model) -> dict[str, np.ndarray]:
     """The user's input arrays, checked against the model's inputs."""
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         # np.load would take a .npy or a pickle too, and neither maps names to arrays.
         raise UsageError(f"{path}: not a readable .npz file of input arrays (not a zip archive of arrays as "
                          f"numpy.savez writes)")
-    feeds = load_feeds(path, list(manifest.input_names))
-    check_feeds(feeds, manifest.inputs, where=path)
+    feeds = load_feeds(path, [i.name for i in model.inputs])
+    check_feeds(model, feeds, where=str(path))
     return feeds
 
 
@@ -276,14 +178,16 @@ def validate(
     check_source_model(manifest, model)
     notes = []
     if inputs_path is not None:
-        feeds = _read_feeds(inputs_path, manifest)
-        fed_from = f"the inputs in {inputs_path}"
+        feeds = _read_feeds(inputs_path, model)
     else:
         feeds = random_feeds(manifest.feed_specs(), seed=seed)
-        fed_from = "random inputs"
     checked = manifest.handoffs if check_handoffs else ()
-    want = _run_original(model, [h.name for h in checked], feeds, fed_from=fed_from,
-                         error=UsageError if inputs_path is not None else ModelError)
+    try:
+        want = run_with_outputs(model, [h.name for h in checked], feeds)
+    except ModelError as exc:
+        if inputs_path is None:
+            raise
+        raise UsageError(f"{exc} (on the inputs in {inputs_path})") from None  # the user's inputs are at fault
     got = run_stages(manifest, feeds)
     outputs = []
     for o in manifest.outputs:

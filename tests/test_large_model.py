@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 
 import make_models
 from onnxsplit.validation import validate

@@ -20,10 +20,10 @@ from onnx import TensorProto, helper
 
 from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError, OnnxSplitError, UsageError
-from onnxsplit.manifest import TensorSpec, load_manifest
+from onnxsplit.manifest import load_manifest
 from onnxsplit.runtime import Pipeline
 from onnxsplit.splitting import split
-from onnxsplit.validation import check_feeds, ort_message, validate
+from onnxsplit.validation import validate
 
 
 def embed_model() -> onnx.ModelProto:
@@ -114,12 +114,12 @@ INPUTS = {
     "missing name": (lambda f: _feeds(f, tokens=np.zeros((1, 4), np.int64)), "no array for model input 'ids'"),
     "extra name": (lambda f: _feeds(f, ids=np.zeros((1, 4), np.int64), mask=np.ones((1, 4))),
                    "'mask' is not an input of the model"),
-    "dtype": (lambda f: _feeds(f, ids=np.zeros((1, 4), np.int32)), "input 'ids' has dtype int32, the model takes int64"),
-    "float dtype": (lambda f: _feeds(f, ids=np.zeros((1, 4), np.float32)), "input 'ids' has dtype float32"),
+    "dtype": (lambda f: _feeds(f, ids=np.zeros((1, 4), np.int32)), "input 'ids' is an array of int32, the model takes int64"),
+    "float dtype": (lambda f: _feeds(f, ids=np.zeros((1, 4), np.float32)), "input 'ids' is an array of float32"),
     "rank": (lambda f: _feeds(f, ids=np.zeros((1, 4, 1), np.int64)),
-             "input 'ids' has rank 3 (shape [1, 4, 1]), the model takes rank 2 ([N, 4])"),
+             "input 'ids' has rank 3 (1x4x1), the model takes rank 2"),
     "fixed dim": (lambda f: _feeds(f, ids=np.zeros((2, 5), np.int64)),
-                  "input 'ids' has size 5 in dim 1 (shape [2, 5]), the model fixes that dim to 4"),
+                  "input 'ids' has 5 in dim 1, the model fixes it to 4"),
 }
 
 
@@ -136,7 +136,7 @@ def test_index_out_of_range_names_the_node(folder, capsys):
     path = _feeds(folder, ids=np.full((2, 4), 12, np.int64))  # the table has 10 rows
     with pytest.raises(UsageError) as info:
         validate(folder, inputs_path=path)
-    _one_line(info.value, "embed.onnx: onnxruntime failed on the inputs in", "node 'embed' (Gather)",
+    _one_line(info.value, "embed.onnx: onnxruntime cannot run the model", "on the inputs in", "node 'embed' (Gather)",
               "out of data bounds")
     assert "[ONNXRuntimeError]" not in str(info.value)
     _cli(["validate", folder, "--inputs", path], capsys, "node 'embed' (Gather)")
@@ -144,7 +144,7 @@ def test_index_out_of_range_names_the_node(folder, capsys):
 
 def test_cli_reports_bad_inputs_in_one_line(folder, capsys):
     _cli(["validate", folder, "--inputs", _feeds(folder, ids=np.zeros((1, 4), np.int32))], capsys,
-         "input 'ids' has dtype int32")
+         "input 'ids' is an array of int32")
     _cli(["validate", folder, "--inputs", _not_npz_npy(folder)], capsys, "not a readable .npz file")
     _cli(["validate", folder, "--inputs", _feeds(folder, ids=np.zeros((4,), np.int64))], capsys, "has rank 1")
 
@@ -157,22 +157,8 @@ def test_a_stage_that_fixed_the_batch_says_so(folder):
     assert validate(folder, inputs_path=_feeds(folder, ids=np.zeros((1, 4), np.int64))).passed
     with pytest.raises(ModelError) as info:
         validate(folder, inputs_path=_feeds(folder, ids=np.zeros((2, 4), np.int64)))
-    _one_line(info.value, "stage_1.onnx: stage 1: onnxruntime failed", "the split was made for input shapes ids:1x4",
+    _one_line(info.value, "stage_1.onnx: stage 1: onnxruntime cannot run the model", "the split was made for input shapes ids:1x4",
               "these inputs are ids:2x4")
-
-
-def test_check_feeds_accepts_any_size_for_a_symbolic_dim():
-    inputs = (TensorSpec("ids", "int64", ("N", 4)), TensorSpec("s", "str", (None,)))
-    check_feeds({"ids": np.zeros((7, 4), np.int64), "s": np.array(["a", "b"])}, inputs, where="f.npz")
-    with pytest.raises(UsageError, match="input 's' has dtype float64, the model takes str"):
-        check_feeds({"ids": np.zeros((7, 4), np.int64), "s": np.zeros(2)}, inputs, where="f.npz")
-
-
-def test_ort_message_is_one_line_naming_the_node():
-    text = ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather node. "
-            "Name:'embed' Status Message: indices element out of data bounds,\n idx=12")
-    assert ort_message(RuntimeError(text)) == "node 'embed' (Gather): indices element out of data bounds, idx=12"
-    assert ort_message(RuntimeError("[ONNXRuntimeError] : 1 : FAIL : x\ny")) == "x y"
 
 
 # -- the manifest, the stage files and their weights ----------------------------------------------------------------
