@@ -251,7 +251,7 @@ class View:
         self.cheapest = take(tab.cheapest)
         self.comm: tuple[np.ndarray, ...] | None = None
         self.communicates = self.kind.communicates and tab.columns > 0
-        self._tab, self._take = tab, take
+        self._tab = tab
         self.eps = 1e-9 * max(1.0, float(self.key[-1]))
 
     def _comm_rows(self) -> tuple[np.ndarray, ...]:
