@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
@@ -65,7 +65,7 @@ class KindTimes:
 
 def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]],
                    costs: Costs = "measure", profile_path: str | os.PathLike | None = None, runs: int = 20,
-                   warmup: int = 5) -> Profile | None:
+                   warmup: int = 5, feeds: Mapping[str, Any] | None = None) -> Profile | None:
     """The profile shared by the device kinds that have no profile file of their own.
 
     ``profile_path`` is read when given (whatever ``costs`` says); else
@@ -73,7 +73,9 @@ def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tu
     threads (cached); else None, meaning the analytic estimate. None too
     when every kind has its own profile, and then nothing is read or
     measured. The profile is not checked against the model here:
-    :func:`kind_times` checks every profile it uses.
+    :func:`kind_times` checks every profile it uses. ``feeds``: the user's
+    representative inputs, measured on (not cached: the cache knows input
+    shapes, not values).
     """
     if costs not in COSTS:
         raise UsageError(f"costs {costs!r}: choose {' or '.join(COSTS)}")
@@ -87,7 +89,17 @@ def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tu
         return None
     from onnxsplit.profile.cache import cached_profile  # measuring needs onnxruntime: only now
 
+    odd = [i for i in model.inputs if i.type.WhichOneof("value") != "tensor_type"]
+    if odd:  # the profiler feeds tensors only
+        raise UsageError(f"input {odd[0].name!r} is not a tensor (a sequence, optional or map): its node times "
+                         "cannot be measured; use estimated costs or a profile file")
     first = devices.kinds[0]
+    if feeds is not None:
+        from onnxsplit.profile.measure import profile_model
+
+        return profile_model(model, input_shapes=input_shapes, provider=first.provider,
+                             provider_options=dict(first.provider_options), threads=first.threads, runs=runs,
+                             warmup=warmup, feeds=dict(feeds))
     return cached_profile(model, input_shapes=input_shapes, provider=first.provider,
                           provider_options=dict(first.provider_options), threads=first.threads, runs=runs,
                           warmup=warmup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from onnxsplit.errors import UsageError
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.model import check_source, load_model
 from onnxsplit.ortutil import load_feeds, make_session, random_feeds, run_with_outputs
+from onnxsplit.valuetypes import is_tensor_dtype
 
 # fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that
 # stops onnxruntime fusing two kernels changes rounding at that level.
@@ -87,6 +89,34 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
     return Comparison(name, dtype, max_abs, max_rel, rtol, atol, needed_atol, needed_rtol, passed, stage)
 
 
+def compare_value(name: str, got: Any, want: Any, *, rtol: float | None, atol: float | None,
+                  stage: int | None = None) -> Comparison:
+    """:func:`compare` for any value onnxruntime returns, at the dtype's default tolerances where unset.
+
+    A sequence (a list of arrays) matches when it has as many elements and
+    each matches; its Comparison holds the worst element's errors and the
+    first element's dtype. An empty optional (None) matches only None.
+    """
+    if isinstance(want, list) or isinstance(got, list):
+        if not (isinstance(want, list) and isinstance(got, list)) or len(got) != len(want):
+            return Comparison(name, "sequence", math.inf, math.inf, rtol or 0.0, atol or 0.0, math.inf, math.inf,
+                              False, stage)
+        parts = [compare_value(name, g, w, rtol=rtol, atol=atol, stage=stage) for g, w in zip(got, want)]
+        if not parts:
+            r, a = _tolerance("", rtol, atol)
+            return Comparison(name, "sequence", 0.0, 0.0, r, a, 0.0, 0.0, True, stage)
+        return Comparison(name, parts[0].dtype, max(c.max_abs for c in parts), max(c.max_rel for c in parts),
+                          parts[0].rtol, parts[0].atol, max(c.needed_atol for c in parts),
+                          max(c.needed_rtol for c in parts), all(c.passed for c in parts), stage)
+    if want is None or got is None:
+        r, a = _tolerance("", rtol, atol)
+        same = want is None and got is None
+        return Comparison(name, "optional", 0.0 if same else math.inf, 0.0 if same else math.inf, r, a,
+                          0.0 if same else math.inf, 0.0 if same else math.inf, same, stage)
+    r, a = _tolerance(str(want.dtype), rtol, atol)
+    return compare(name, got, want, rtol=r, atol=a, stage=stage)
+
+
 def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int = 1) -> dict[str, np.ndarray]:
     """Chain the stages by the manifest: every stage reads graph inputs or earlier stages' outputs.
 
@@ -111,7 +141,7 @@ def validate(
     outdir: str | os.PathLike,
     *,
     model_path: str | os.PathLike | None = None,
-    inputs_path: str | os.PathLike | None = None,
+    inputs_path: str | os.PathLike | Mapping[str, Any] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     check_handoffs: bool = False,
@@ -120,7 +150,10 @@ def validate(
     """Compare the chained stages of a split folder with the original model.
 
     Tolerances left unset are 1e-4 / 1e-5 (relative / absolute), and 1e-2 /
-    1e-3 for float16 outputs.
+    1e-3 for float16 outputs. ``inputs_path``: an .npz of input arrays, or a
+    mapping of input name to value (a list of arrays for a sequence input,
+    None for an empty optional). Sequence outputs are compared element by
+    element (see :func:`compare_value`).
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
@@ -128,20 +161,23 @@ def validate(
                         what="this folder was split from")
     model = load_model(path)
     notes = []
-    if inputs_path is not None:
+    if isinstance(inputs_path, Mapping):
+        feeds = dict(inputs_path)
+    elif inputs_path is not None:
         feeds = load_feeds(inputs_path, list(manifest.input_names))
     else:
+        odd = [i for i in manifest.inputs if not is_tensor_dtype(i.dtype)]
+        if odd:
+            raise UsageError(f"input {odd[0].name!r} is a {odd[0].dtype}, for which no random value can be made: "
+                             "give the inputs to validate on")
         feeds = random_feeds(manifest.feed_specs(), seed=seed)
     checked = manifest.handoffs if check_handoffs else ()
     want = run_with_outputs(model, [h.name for h in checked], feeds)
     got = run_stages(manifest, feeds)
     outputs = []
-    for o in manifest.outputs:
-        r, a = _tolerance(str(want[o.name].dtype), rtol, atol)
-        outputs.append(compare(o.name, got[o.name], want[o.name], rtol=r, atol=a, stage=o.stage))
-    handoffs = []
-    for h in checked:
-        r, a = _tolerance(str(want[h.name].dtype), rtol, atol)
-        handoffs.append(compare(h.name, got[h.name], want[h.name], rtol=r, atol=a, stage=h.producer))
+    outputs = [compare_value(o.name, got[o.name], want[o.name], rtol=rtol, atol=atol, stage=o.stage)
+               for o in manifest.outputs]
+    handoffs = [compare_value(h.name, got[h.name], want[h.name], rtol=rtol, atol=atol, stage=h.producer)
+                for h in checked]
     bad = sorted(c.stage for c in list(handoffs) + outputs if not c.passed and c.stage is not None)
     return Report(tuple(outputs), tuple(handoffs), bad[0] if bad else None, tuple(notes))
