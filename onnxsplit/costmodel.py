@@ -90,6 +90,10 @@ def shared_profile(model: Model, devices: Devices, *, input_shapes: dict[str, tu
         return None
     from onnxsplit.profile.cache import cached_profile  # measuring needs onnxruntime: only now
 
+    odd = [i for i in model.inputs if i.type.WhichOneof("value") != "tensor_type"]
+    if odd:  # the profiler feeds tensors only
+        raise UsageError(f"input {odd[0].name!r} is not a tensor (a sequence, optional or map): its node times "
+                         "cannot be measured; use estimated costs or a profile file")
     first = devices.kinds[0]
     return cached_profile(model, input_shapes=input_shapes, provider=first.provider,
                           provider_options=dict(first.provider_options), threads=first.threads, runs=runs,

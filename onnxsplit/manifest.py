@@ -434,9 +434,9 @@ class _Reader:
             name, dtype, shape, _ = self.as_tensor(x, f"inputs[{j}]")
             if name not in shapes:
                 raise self.fail("input_shapes", f"no shape for model input {name!r}")
-            # Random inputs are made from these: a model input always has a tensor type.
-            if dtype is None or not _known_dtype(dtype):
-                raise self.fail(f"inputs[{j}].dtype", f"expected the name of a tensor element type, got {dtype!r}")
+            if dtype is None or not _known_value_type(dtype):
+                raise self.fail(f"inputs[{j}].dtype", f"expected the name of a value type (a tensor element type, "
+                                f"or seq(...), optional(...), map(K,V), sparse(...) of one), got {dtype!r}")
             fixed = shapes[name]
             if shape is not None and len(shape) != len(fixed):
                 raise self.fail(f"input_shapes.{name}", f"has rank {len(fixed)} but inputs[{j}].shape has rank "
@@ -495,6 +495,17 @@ def _known_dtype(name: str) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _known_value_type(name: str) -> bool:
+    """A tensor element type, or a sequence, optional, sparse tensor or map of known types (as valuetypes names them)."""
+    for prefix in ("seq(", "optional(", "sparse("):
+        if name.startswith(prefix) and name.endswith(")"):
+            return _known_value_type(name[len(prefix):-1])
+    if name.startswith("map(") and name.endswith(")"):
+        key, _, value = name[len("map("):-1].partition(",")
+        return _known_dtype(key) and _known_value_type(value)
+    return _known_dtype(name)
 
 
 def _check_file_name(name: str, where: str, path: Path) -> None:

@@ -334,6 +334,8 @@ def check_feeds(model: Model, feeds: Mapping[str, np.ndarray], *,
     if extra:
         raise UsageError(f"{where}: {extra[0]!r} is not an input of the model (inputs: {sorted(inputs)})")
     for name, vi in inputs.items():
+        if vi.type.WhichOneof("value") != "tensor_type":
+            continue  # a sequence, optional or map: onnxruntime checks its elements
         array = np.asarray(feeds[name])
         tt = vi.type.tensor_type
         if tt.elem_type:

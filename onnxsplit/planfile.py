@@ -229,8 +229,16 @@ def load_plan(path: str | os.PathLike, *, graph: CostGraph | None = None) -> Pla
     return plan
 
 
-def read_assignment(path: str | Path) -> dict[str, int]:
-    """A user's plan: either a plan.json (its "assignment") or a plain {node name: stage} object."""
+def read_assignment(path: str | Path) -> dict[str | int, int]:
+    """A user's plan: node -> stage, from a plan.json (its "assignment"), a plain object or a list.
+
+    An object's keys name nodes, by name or by their index in the model's
+    topological order written as a decimal string ("0", "1", ...; a node
+    whose name is such a string is matched by name first). A list gives the
+    stage of every node in that order: ``[0, 0, 1]`` is
+    ``{0: 0, 1: 0, 2: 1}``. Keys come back as written (strings for an
+    object, ints for a list); the split resolves them against the model.
+    """
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -238,9 +246,20 @@ def read_assignment(path: str | Path) -> dict[str, int]:
         raise PlanError(f"{path}: cannot read a JSON plan ({exc})") from None
     if isinstance(doc, dict) and isinstance(doc.get("assignment"), dict):
         doc = doc["assignment"]
-    if not isinstance(doc, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in doc.values()):
-        raise PlanError(f"{path}: expected an object mapping node names to stage numbers")
-    bad = [k for k, v in doc.items() if v < 0]
+
+    def stage_number(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(doc, list):
+        if not all(stage_number(v) for v in doc):
+            raise PlanError(f"{path}: a plan given as a list holds the stage number of every node, in node order")
+        assignment: dict[str | int, int] = dict(enumerate(doc))
+    elif isinstance(doc, dict) and all(stage_number(v) for v in doc.values()):
+        assignment = dict(doc)
+    else:
+        raise PlanError(f"{path}: expected an object mapping node names (or indices) to stage numbers, "
+                        "or a list of stage numbers in node order")
+    bad = [k for k, v in assignment.items() if v < 0]
     if bad:
         raise PlanError(f"{path}: node {bad[0]!r} has a negative stage")
-    return dict(doc)
+    return assignment

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.graphinfo import GraphInfo
@@ -19,6 +20,8 @@ class Loaded:
     info: GraphInfo
     types: Mapping[str, TensorType]
     shapes: Mapping[str, tuple[int, ...]]  # every model input's concrete shape
+    # The user's representative inputs (name -> value), when given: what probes run on.
+    feeds: Mapping[str, Any] | None = field(default=None, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.costmodel import Costs, KindTimes, build_costgraph, kind_times, shared_profile
 from onnxsplit.devices import Devices, identical_devices
-from onnxsplit.errors import PlanError
+from onnxsplit.errors import PlanError, UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
 from onnxsplit.outdir import check_outdir
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
-from onnxsplit.rewrite.stages import Cut, cut_stages
-from onnxsplit.rewrite.write import probe_types, write_split
+from onnxsplit.probe import Feeds, feed_shapes, probe_sizes, read_inputs
+from onnxsplit.rewrite.stages import Cut, StageSpec, cut_stages
+from onnxsplit.rewrite.write import write_split
 from onnxsplit.shapes import concrete_types, resolve_input_shapes
 from onnxsplit.solve.plan import Plan, make_plan, simple_lower_bound
 from onnxsplit.solve.select import solve
@@ -59,22 +60,33 @@ class Placement:
 # -- load, costs, cost graph ----------------------------------------------------------------------------------------
 
 
-def load(model_path: str | os.PathLike, *, input_shapes: dict[str, tuple[int, ...]]) -> Loaded:
+def load(model_path: str | os.PathLike, *, input_shapes: dict[str, tuple[int, ...]],
+         inputs: str | os.PathLike | Feeds | None = None) -> Loaded:
     """Load and normalise a model, fix its input shapes, and type every tensor that will be costed.
 
-    Tensors whose size shape inference cannot tell are typed by running the
-    model once, so that no hand-off is costed as free.
+    ``inputs``: representative inputs (an .npz path or a name -> value
+    mapping); their shapes fix the input shapes ``input_shapes`` leaves
+    open, and must agree with the ones it gives. Tensors whose size shape
+    inference cannot tell are sized by running the model once (on
+    ``inputs`` when given), so that no hand-off is costed as free; when
+    that run fails they are costed as free, with a warning.
     """
     model = load_model(model_path)
-    shapes = resolve_input_shapes(model, input_shapes)
+    feeds = read_inputs(model, inputs)
+    from_feeds = feed_shapes(model, feeds)
+    for name, shape in input_shapes.items():
+        if name in from_feeds and tuple(shape) != from_feeds[name]:
+            raise UsageError(f"input shape of {name!r}: {'x'.join(map(str, shape))} disagrees with the "
+                             f"representative input's {'x'.join(map(str, from_feeds[name]))}")
+    shapes = resolve_input_shapes(model, {**from_feeds, **input_shapes})
     types = concrete_types(model, shapes)
     info = graph_info(model)
     unknown = [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
                and (t not in types or types[t].nbytes is None)]
     if unknown:
         log.info("running the model once to size %d tensors shape inference could not", len(unknown))
-        types = {**types, **probe_types(model, unknown, shapes)}
-    return Loaded(model, info, types, shapes)
+        types = {**types, **probe_sizes(model, unknown, shapes=shapes, feeds=feeds)}
+    return Loaded(model, info, types, shapes, feeds=feeds)
 
 
 def node_times(loaded: Loaded, devices: Devices, *, costs: Costs = "estimate",
@@ -83,26 +95,28 @@ def node_times(loaded: Loaded, devices: Devices, *, costs: Costs = "estimate",
 
     A kind with its own profile file uses it; the others share one profile
     (``profile_path``, or measured on the first kind's provider and threads,
-    cached), divided by their speed factor. ``costs='estimate'`` uses the
+    on ``loaded.feeds`` when the user gave representative inputs, else on
+    random ones and cached), divided by their speed factor. ``costs='estimate'`` uses the
     analytic estimate instead of measuring.
     """
     profile = shared_profile(loaded.model, devices, input_shapes=loaded.shapes, costs=costs,
-                             profile_path=profile_path, runs=runs, warmup=warmup)
+                             profile_path=profile_path, runs=runs, warmup=warmup, feeds=loaded.feeds)
     return kind_times(loaded.model, loaded.info, loaded.types, devices, profile=profile, input_shapes=loaded.shapes)
 
 
 def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]],
             costs: str = "estimate", profile_path: str | os.PathLike | None = None, runs: int = 20,
-            warmup: int = 5) -> Prepared:
+            warmup: int = 5, inputs: str | os.PathLike | Feeds | None = None) -> Prepared:
     """Load, normalise and cost a model for the given devices.
 
     costs: 'measure' profiles the model with onnxruntime (cached), 'estimate'
-    uses FLOPs and bytes; a profile file overrides both.
+    uses FLOPs and bytes; a profile file overrides both. ``inputs``:
+    representative inputs (see :func:`load`), also profiled on.
     """
-    loaded = load(model_path, input_shapes=input_shapes)
+    loaded = load(model_path, input_shapes=input_shapes, inputs=inputs)
     times = node_times(loaded, devices, costs=costs, profile_path=profile_path, runs=runs, warmup=warmup)
     graph = build_costgraph(loaded.model, loaded.info, devices, times, loaded.types)
-    return Prepared(loaded.model, loaded.info, loaded.types, loaded.shapes, graph)
+    return Prepared(loaded.model, loaded.info, loaded.types, loaded.shapes, graph, feeds=loaded.feeds)
 
 
 # -- solve or take a plan, cut ----------------------------------------------------------------------------------------
@@ -124,7 +138,8 @@ def _full_stage_of(info: GraphInfo, cut: Cut) -> tuple[int, ...]:
 def _cut(prepared: Prepared, stage_of: Sequence[int] | dict[int, int]) -> tuple[Cut, tuple[int, ...]]:
     """The cut of a node -> stage placement (const nodes ignored: the rewrite copies them)."""
     info = prepared.info
-    cut = cut_stages(info, {v: stage_of[v] for v in range(len(info.names)) if v not in info.const})
+    placed = stage_of.items() if isinstance(stage_of, Mapping) else enumerate(stage_of)
+    cut = cut_stages(info, {v: s for v, s in placed if v not in info.const})
     return cut, _full_stage_of(info, cut)
 
 
@@ -132,7 +147,7 @@ def place_solved(prepared: Prepared, devices: Devices, solved: Plan) -> Placemen
     """Cut by a plan a solver made for ``prepared.graph``; its bound and notes stay valid."""
     graph = prepared.graph
     cut, full = _cut(prepared, solved.stage_of)
-    device_of = [solved.stage_device[solved.stage_of[spec.own[0]]] for spec in cut.stages]
+    device_of = [_device_of(spec, solved.stage_device) for spec in cut.stages]
     plan = make_plan(graph, devices, full, device_of, solver=solved.solver, lower_bound=solved.lower_bound,
                      contiguous=solved.contiguous, notes=solved.notes)
     if solved.objective == "latency":
@@ -143,9 +158,31 @@ def place_solved(prepared: Prepared, devices: Devices, solved: Plan) -> Placemen
     return Placement(plan, cut)
 
 
-def _given_stages(prepared: Prepared, devices: Devices,
-                  plan: Plan | str | os.PathLike) -> tuple[dict[int, int], list[int] | None]:
-    """node -> stage of a given plan, and each stage's device (None: devices in stage order)."""
+def _device_of(spec: StageSpec, stage_device: Sequence[int]) -> int:
+    """The device a plan gave a cut stage (a stage of const nodes only goes where the plan's first stage went)."""
+    if spec.label is not None:
+        return stage_device[spec.label]
+    return stage_device[0] if stage_device else 0
+
+
+def _node_of(key: str | int, index: Mapping[str, int], count: int, where: str) -> int:
+    """A plan file's node reference: a node name, else a node index in topological order; PlanError otherwise."""
+    if isinstance(key, str) and key in index:
+        return index[key]
+    if isinstance(key, int) or key.isdecimal():
+        v = int(key)
+        if v < count:
+            return v
+        raise PlanError(f"{where}: node index {v} is out of range (the model has {count} nodes, 0..{count - 1})")
+    raise PlanError(f"{where}: node {key!r} is not in the model")
+
+
+def _given_stages(prepared: Prepared, devices: Devices, plan: Plan | str | os.PathLike,
+                  asked: int) -> tuple[dict[int, int], list[int] | None]:
+    """node -> stage of a given plan, and each stage's device (None: devices in stage order).
+
+    A plan file's stage numbers must be below ``asked``, the device count the user gave.
+    """
     graph = prepared.graph
     if isinstance(plan, Plan):
         if len(plan.stage_of) != graph.n:
@@ -159,41 +196,76 @@ def _given_stages(prepared: Prepared, devices: Devices,
                             f"of the {devices.count} given")
         return dict(enumerate(plan.stage_of)), list(plan.stage_device)
     assignment = read_assignment(plan)
-    index = {name: v for v, name in enumerate(prepared.info.names)}
-    unknown_nodes = sorted(set(assignment) - set(index))
-    if unknown_nodes:
-        raise PlanError(f"plan {plan}: node {unknown_nodes[0]!r} is not in the model")
-    return {index[name]: s for name, s in assignment.items()}, None
+    names = prepared.info.names
+    index = {name: v for v, name in enumerate(names)}
+    stage_of: dict[int, int] = {}
+    for key, s in assignment.items():
+        v = _node_of(key, index, len(names), f"plan {plan}")
+        if v in stage_of and stage_of[v] != s:
+            raise PlanError(f"plan {plan}: node {names[v]!r} (index {v}) is placed twice, on stages "
+                            f"{stage_of[v]} and {s}")
+        stage_of[v] = s
+        if s >= asked:
+            raise PlanError(f"plan {plan}: node {names[v]!r} is on stage {s}, but only {asked} devices are "
+                            f"given (stages 0..{asked - 1})")
+    return stage_of, None
 
 
-def place_given(prepared: Prepared, devices: Devices, plan: Plan | str | os.PathLike) -> Placement:
+def place_given(prepared: Prepared, devices: Devices, plan: Plan | str | os.PathLike, *,
+                asked: int | None = None) -> Placement:
     """Cut by a plan made elsewhere: a Plan over ``prepared.graph``'s nodes, or a plan file.
 
-    A plan file maps node names to stages and its stages go on devices 0, 1,
-    ... in pipeline order; a Plan keeps its stages' devices. Either is scored
+    A plan file maps nodes (by name, or by index in the model's topological
+    order) to stages numbered below the device count, and its stages go on
+    devices 0, 1, ... in pipeline order; a Plan keeps its stages' devices. Either is scored
     from scratch on this cost graph, with the simple lower bound, since
-    whatever bound came with it may have been for other costs.
+    whatever bound came with it may have been for other costs. ``asked``:
+    the device count the user gave, when ``devices`` are capped to it
+    (:func:`cap_devices`); a plan file's stage numbers are checked against it.
     """
-    stage_of, devices_of_stage = _given_stages(prepared, devices, plan)
+    stage_of, devices_of_stage = _given_stages(prepared, devices, plan, devices.count if asked is None else asked)
     cut, full = _cut(prepared, stage_of)
     if len(cut.stages) > devices.count:
         raise PlanError(f"the plan uses {len(cut.stages)} stages but only {devices.count} devices are given")
     if devices_of_stage is None:
         device_of = list(range(len(cut.stages)))
     else:
-        device_of = [devices_of_stage[stage_of[spec.own[0]]] for spec in cut.stages]
+        device_of = [_device_of(spec, devices_of_stage) for spec in cut.stages]
     graph = prepared.graph
     scored = make_plan(graph, devices, full, device_of, solver="user",
                        lower_bound=simple_lower_bound(graph, devices), contiguous=False)
     return Placement(scored, cut)
 
 
-def _fewer_stages(placement: Placement, devices: Devices) -> tuple[str, ...]:
+def _fewer_stages(placement: Placement, count: int) -> tuple[str, ...]:
     n = len(placement.cut.stages)
-    if n >= devices.count:
+    if n >= count:
         return ()
-    return (f"the plan uses {n} of the {devices.count} devices asked for: "
+    return (f"the plan uses {n} of the {count} devices asked for: "
             "more would not lower the bottleneck (or the model has too few nodes)",)
+
+
+def cap_devices(devices: Devices, nodes: int) -> Devices:
+    """The devices a plan over ``nodes`` nodes can use: at most ``nodes`` of each kind.
+
+    A plan has at most one stage per node, so the devices beyond that many
+    of a kind can never hold a stage, and the solvers' work grows with the
+    device count. Device numbers stay those of the first ``nodes`` devices
+    of each kind; links between two kept devices are kept.
+    """
+    nodes = max(nodes, 1)
+    if all(k.count <= nodes for k in devices.kinds):
+        return devices
+    kinds = tuple(replace(k, count=min(k.count, nodes), device_ids=k.device_ids[:nodes]) for k in devices.kinds)
+    renumber: dict[int, int] = {}
+    old = new = 0
+    for k, capped in zip(devices.kinds, kinds):
+        renumber.update((old + j, new + j) for j in range(capped.count))
+        old += k.count
+        new += capped.count
+    pairs = tuple(((min(renumber[a], renumber[b]), max(renumber[a], renumber[b])), link)
+                  for (a, b), link in devices.pairs if a in renumber and b in renumber)
+    return replace(devices, kinds=kinds, pairs=pairs)
 
 
 # -- the whole job ----------------------------------------------------------------------------------------------------
@@ -212,24 +284,36 @@ def split(
     costs: str = "measure",
     profile_path: str | os.PathLike | None = None,
     objective: str = "throughput",
+    inputs: str | os.PathLike | Feeds | None = None,
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``.
 
     ``plan`` skips the solver: a Plan over the model's nodes (node ids of the
     cost graph, in the model's node order) or the path of a plan file (node
-    name -> stage, or a plan.json).
+    name or index -> stage, a list of stages in node order, or a plan.json).
+    ``inputs``: representative inputs, an .npz path or a mapping of input
+    name to value (an array; a list of arrays for a sequence input; None for
+    an empty optional). They fix input shapes, are profiled on, and type
+    the hand-offs shape inference cannot (models whose values steer an
+    ``If``, a ``Loop`` or a ``Reshape`` need them). More devices than the
+    model has nodes are capped (:func:`cap_devices`), with a warning.
     """
     start = time.perf_counter()
     outdir = Path(outdir)
     check_outdir(outdir, force=force)  # refuse before the slow part, and clear stale scratch folders
     if isinstance(devices, int):
         devices = identical_devices(devices)
-    prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path)
+    prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path,
+                       inputs=inputs)
+    asked = devices.count
+    if not isinstance(plan, Plan):  # a Plan names its devices by their index among all of them: keep them all
+        devices = cap_devices(devices, prepared.graph.n)
     if plan is None:
         solved = solve(prepared.graph, devices, solver=solver, objective=objective, time_limit=time_limit)
         placement = place_solved(prepared, devices, solved)
     else:
-        placement = place_given(prepared, devices, plan)
-    manifest = write_split(prepared, devices, placement.plan, placement.cut, outdir=outdir, force=force)
+        placement = place_given(prepared, devices, plan, asked=asked)
+    manifest = write_split(prepared, devices, placement.plan, placement.cut, outdir=outdir, force=force,
+                           feeds=prepared.feeds)
     return SplitResult(outdir, manifest, placement.plan, prepared.graph, devices, time.perf_counter() - start,
-                       _fewer_stages(placement, devices))
+                       _fewer_stages(placement, asked))

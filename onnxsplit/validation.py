@@ -23,6 +23,7 @@ from onnxsplit.integrity import check_source_model, check_stage_files
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.model import Model, check_source, load_model
 from onnxsplit.ortutil import check_feeds, load_feeds, make_session, ort_errors, random_feeds, run_with_outputs
+from onnxsplit.valuetypes import is_tensor_dtype
 
 # fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that
 # stops onnxruntime fusing two kernels changes rounding at that level.
@@ -90,6 +91,34 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
     return Comparison(name, dtype, max_abs, max_rel, rtol, atol, needed_atol, needed_rtol, passed, stage)
 
 
+def compare_value(name: str, got: Any, want: Any, *, rtol: float | None, atol: float | None,
+                  stage: int | None = None) -> Comparison:
+    """:func:`compare` for any value onnxruntime returns, at the dtype's default tolerances where unset.
+
+    A sequence (a list of arrays) matches when it has as many elements and
+    each matches; its Comparison holds the worst element's errors and the
+    first element's dtype. An empty optional (None) matches only None.
+    """
+    if isinstance(want, list) or isinstance(got, list):
+        if not (isinstance(want, list) and isinstance(got, list)) or len(got) != len(want):
+            return Comparison(name, "sequence", math.inf, math.inf, rtol or 0.0, atol or 0.0, math.inf, math.inf,
+                              False, stage)
+        parts = [compare_value(name, g, w, rtol=rtol, atol=atol, stage=stage) for g, w in zip(got, want)]
+        if not parts:
+            r, a = _tolerance("", rtol, atol)
+            return Comparison(name, "sequence", 0.0, 0.0, r, a, 0.0, 0.0, True, stage)
+        return Comparison(name, parts[0].dtype, max(c.max_abs for c in parts), max(c.max_rel for c in parts),
+                          parts[0].rtol, parts[0].atol, max(c.needed_atol for c in parts),
+                          max(c.needed_rtol for c in parts), all(c.passed for c in parts), stage)
+    if want is None or got is None:
+        r, a = _tolerance("", rtol, atol)
+        same = want is None and got is None
+        return Comparison(name, "optional", 0.0 if same else math.inf, 0.0 if same else math.inf, r, a,
+                          0.0 if same else math.inf, 0.0 if same else math.inf, same, stage)
+    r, a = _tolerance(str(want.dtype), rtol, atol)
+    return compare(name, got, want, rtol=r, atol=a, stage=stage)
+
+
 # -- running under onnxruntime, its failures as one line ---------------------------------------------------------------
 
 def _shapes_text(shapes: Mapping[str, Sequence[int]]) -> str:
@@ -105,7 +134,7 @@ def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int
     stage file, with onnxruntime's reason in the same line.
     """
     env = dict(feeds)
-    fed = {n: tuple(np.shape(v)) for n, v in feeds.items()}
+    fed = {n: tuple(v.shape) for n, v in feeds.items() if isinstance(v, np.ndarray)}  # tensors: sequences have no shape
     split_for = {n: tuple(d) for n, d in manifest.input_shapes.items()}
     for k, (stage, path) in enumerate(zip(manifest.stages, manifest.stage_paths())):
         names = [o.name for o in stage.outputs]
@@ -118,7 +147,7 @@ def run_stages(manifest: Manifest, feeds: dict[str, np.ndarray], *, threads: int
             with ort_errors(label):
                 values = session.run(names, {i.name: env[i.name] for i in stage.inputs})
         except ModelError as exc:
-            if fed == split_for:
+            if all(fed.get(n, d) == d for n, d in split_for.items()):
                 raise
             # A stage may have kept a dim that the split's input shapes fixed.
             raise ModelError(f"{exc} (the split was made for input shapes {_shapes_text(split_for)}; these inputs "
@@ -150,7 +179,7 @@ def validate(
     outdir: str | os.PathLike,
     *,
     model_path: str | os.PathLike | None = None,
-    inputs_path: str | os.PathLike | None = None,
+    inputs_path: str | os.PathLike | Mapping[str, Any] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     check_handoffs: bool = False,
@@ -159,15 +188,18 @@ def validate(
     """Compare the chained stages of a split folder with the original model.
 
     Tolerances left unset are 1e-4 / 1e-5 (relative / absolute), and 1e-2 /
-    1e-3 for float16 outputs.
+    1e-3 for float16 outputs. ``inputs_path``: an .npz of input arrays, or a
+    mapping of input name to value (a list of arrays for a sequence input,
+    None for an empty optional). Sequence outputs are compared element by
+    element (see :func:`compare_value`).
 
     Before anything runs, the manifest is checked on its own, against the
     stage files (names, dtypes and ranks they declare; their weights files)
-    and against the original model, and ``inputs_path`` (an .npz) against
-    the model's inputs (names, dtypes, ranks, fixed dims). Every failure,
-    including one of onnxruntime's, raises an OnnxSplitError of one line
-    naming the file, field, input, stage or node at fault. A Report that did
-    not pass means the stages ran but their results differ.
+    and against the original model, and the inputs against the model's
+    inputs (names, dtypes, ranks, fixed dims). Every failure, including one
+    of onnxruntime's, raises an OnnxSplitError of one line naming the file,
+    field, input, stage or node at fault. A Report that did not pass means
+    the stages ran but their results differ.
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
@@ -177,9 +209,15 @@ def validate(
     model = load_model(path)
     check_source_model(manifest, model)
     notes = []
-    if inputs_path is not None:
+    if isinstance(inputs_path, Mapping):
+        feeds = dict(inputs_path)
+    elif inputs_path is not None:
         feeds = _read_feeds(inputs_path, model)
     else:
+        odd = [i for i in manifest.inputs if not is_tensor_dtype(i.dtype)]
+        if odd:
+            raise UsageError(f"input {odd[0].name!r} is a {odd[0].dtype}, for which no random value can be made: "
+                             "give the inputs to validate on")
         feeds = random_feeds(manifest.feed_specs(), seed=seed)
     checked = manifest.handoffs if check_handoffs else ()
     try:
@@ -190,12 +228,9 @@ def validate(
         raise UsageError(f"{exc} (on the inputs in {inputs_path})") from None  # the user's inputs are at fault
     got = run_stages(manifest, feeds)
     outputs = []
-    for o in manifest.outputs:
-        r, a = _tolerance(str(want[o.name].dtype), rtol, atol)
-        outputs.append(compare(o.name, got[o.name], want[o.name], rtol=r, atol=a, stage=o.stage))
-    handoffs = []
-    for h in checked:
-        r, a = _tolerance(str(want[h.name].dtype), rtol, atol)
-        handoffs.append(compare(h.name, got[h.name], want[h.name], rtol=r, atol=a, stage=h.producer))
+    outputs = [compare_value(o.name, got[o.name], want[o.name], rtol=rtol, atol=atol, stage=o.stage)
+               for o in manifest.outputs]
+    handoffs = [compare_value(h.name, got[h.name], want[h.name], rtol=rtol, atol=atol, stage=h.producer)
+                for h in checked]
     bad = sorted(c.stage for c in list(handoffs) + outputs if not c.passed and c.stage is not None)
     return Report(tuple(outputs), tuple(handoffs), bad[0] if bad else None, tuple(notes))

@@ -101,9 +101,6 @@ def test_a_model_over_the_time_limit_is_killed_and_counted():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="today's split ends in tracebacks on sequence and optional hand-offs, probes "
-                   "run on random inputs where values steer shapes or an If, a stage nothing later needs, a lone "
-                   "Constant (issue 9)")
 def test_a_fixed_sample_splits_and_validates_or_is_refused_in_one_line(corpus, node_cases):
     sample = {e.key for e in bc.select(corpus, sample=SAMPLE, seed=SEED)}
     entries = [e for e in corpus if e.key in sample or e.key in HARD]

@@ -190,8 +190,8 @@ EDITS = {
     "stage input listed twice": (lambda d: d["stages"][2]["inputs"].append(copy.deepcopy(d["stages"][2]["inputs"][0])),
                                  "stages[2].inputs: "),
     # model inputs
-    "input dtype unknown": (_set(["inputs", 0, "dtype"], "float33"), "inputs[0].dtype: expected the name of a tensor"),
-    "input dtype null": (_set(["inputs", 0, "dtype"], None), "inputs[0].dtype: expected the name of a tensor"),
+    "input dtype unknown": (_set(["inputs", 0, "dtype"], "float33"), "inputs[0].dtype: expected the name of a value type"),
+    "input dtype null": (_set(["inputs", 0, "dtype"], None), "inputs[0].dtype: expected the name of a value type"),
     "input shape of another rank": (_set(["input_shapes", "x"], [1, 8, 1]), "input_shapes.x: has rank 3"),
     "input shape against a fixed dim": (_set(["input_shapes", "x"], [1, 9]),
                                         "input_shapes.x[1]: is 9 but the model fixes that dim to 8"),

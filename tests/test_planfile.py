@@ -185,3 +185,16 @@ def test_assignment_must_match_the_graph(tmp_path) -> None:
     del doc["assignment"]["d"]
     doc["stages"][2]["nodes"] = []
     assert "does not place node 'd'" in _refused(path, doc, graph=graph)
+
+
+def test_read_assignment_takes_names_indices_and_lists(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"a": 0, "1": 1}))
+    assert read_assignment(path) == {"a": 0, "1": 1}
+    path.write_text(json.dumps([0, 0, 2]))
+    assert read_assignment(path) == {0: 0, 1: 0, 2: 2}
+    for bad, match in (([0, "1"], "list holds the stage number of every node"), ([0, True], "list holds"),
+                       ({"a": 1.5}, "node names \\(or indices\\) to stage numbers"), ([0, -1], "negative stage")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(PlanError, match=match):
+            read_assignment(path)

@@ -217,7 +217,7 @@ MANIFESTS = {
     "threads a string": (_edit(lambda d: d["stages"][0].update(threads="2")), ModelError,
                          "stages[0].threads: expected an integer"),
     "input dtype unknown": (_edit(lambda d: d["inputs"][0].update(dtype="float33")), ModelError,
-                            "inputs[0].dtype: expected the name of a tensor element type, got 'float33'"),
+                            "inputs[0].dtype: expected the name of a value type"),
     "input dtype null": (_edit(lambda d: d["inputs"][0].update(dtype=None)), ModelError, "inputs[0].dtype"),
     "device_id not a number": (_edit(lambda d: d["stages"][0]["provider_options"].update(device_id="gpu")),
                                ModelError, "stages[0].provider_options.device_id: expected a device number"),

@@ -14,8 +14,8 @@ Every model that onnxruntime (CPU) runs on those inputs is split twice, and
 each split is validated on the same inputs:
 
 - ``solver``: two devices, placed by the solver on estimated costs;
-- ``plan``: a forced plan cutting the topological node order into
-  ``min(#nodes, 4)`` runs of equal length.
+- ``plan``: a forced plan file cutting the topological node order into
+  ``min(#nodes, 4)`` runs of equal length, naming nodes by their index.
 
 Each case ends as one of: validated, refused (an ``OnnxSplitError``; its
 message should be one line naming the construct), traceback (any other
@@ -242,38 +242,6 @@ def _input_shapes(model: onnx.ModelProto, feeds: dict[str, Any]) -> dict[str, tu
     return shapes
 
 
-def _plan_names(model: onnx.ModelProto) -> list[str] | None:
-    """Node names in topological order, when every node has a unique name of its own.
-
-    A valid ONNX graph lists its nodes in topological order, and split keeps
-    the names of uniquely named nodes.
-    """
-    names = [n.name for n in model.graph.node]
-    if all(names) and len(set(names)) == len(names):
-        return names
-    return None
-
-
-def _named_copy(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Write a copy with every node uniquely named (a plan file can only name nodes); return the names."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    taken = {n.name for n in copy.graph.node if n.name}
-    seen: set[str] = set()
-    for i, node in enumerate(copy.graph.node):
-        if not node.name or node.name in seen:
-            base = f"{node.op_type}_n{i}"
-            name, k = base, 0
-            while name in taken:
-                k += 1
-                name = f"{base}_{k}"
-            node.name = name
-            taken.add(name)
-        seen.add(node.name)
-    onnx.save(copy, str(path))
-    return [n.name for n in copy.graph.node]
-
-
 def equal_runs(names: Sequence[str], *, stages: int = MAX_PLAN_STAGES) -> dict[str, int]:
     """Cut the node order into min(#nodes, stages) runs whose lengths differ by at most one."""
     k = min(len(names), stages)
@@ -302,11 +270,12 @@ def _split_case(entry: Entry, case: str, *, model_path: str, model: onnx.ModelPr
     from onnxsplit import OnnxSplitError, split, validate
 
     start = time.perf_counter()
+    # The model's own test inputs go to split (probes, sizes) and validate alike.
     # A path works for every API that takes inputs; only a dict carries sequences and optionals.
     options: dict[str, Any] = {
         "costs": ("costs", "costs", "estimate"),
         "input_shapes": ("input_shapes", "input_shapes", _input_shapes(model, feeds)),
-        "inputs": ("inputs", "inputs_path", str(npz)) if npz is not None else ("inputs", "inputs", feeds),
+        "inputs": ("inputs", "inputs_path", str(npz) if npz is not None else feeds),
     }
     work.mkdir(parents=True, exist_ok=True)
     outdir = work / "split"
@@ -314,11 +283,8 @@ def _split_case(entry: Entry, case: str, *, model_path: str, model: onnx.ModelPr
     phase = "split"
     try:
         if case == "plan":
-            names = _plan_names(model)
-            if names is None:
-                model_path = str(work / "named.onnx")
-                names = _named_copy(model, Path(model_path))
-            plan = equal_runs(names)
+            # Nodes by their index: a valid graph lists them in topological order, the order split numbers them in.
+            plan = equal_runs([str(i) for i in range(len(model.graph.node))])
             plan_file = work / "plan.json"
             plan_file.write_text(json.dumps(plan))
             options["plan"] = ("plan", "plan_path", str(plan_file))

@@ -15,6 +15,7 @@ import onnx
 from onnxsplit.graphinfo import GraphInfo
 from onnxsplit.model import Model, external_info, is_external, node_subgraphs
 from onnxsplit.rewrite.stages import StageSpec
+from onnxsplit.valuetypes import has_type
 
 ALIGN = 4096
 # Above this many inline bytes a stage keeps its weights in an external file:
@@ -53,10 +54,10 @@ def _used_domains(nodes, functions) -> set[str]:
 
 def _value_info(name: str, model: Model, probed: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
     vi = model.value_info.get(name)
-    if vi is None or not vi.type.tensor_type.elem_type or not vi.type.tensor_type.HasField("shape"):
+    if vi is None or not has_type(vi.type):
         vi = probed.get(name, vi)
     if vi is None:
-        raise RuntimeError(f"no type known for tensor {name!r}")  # a bug: probing covers every hand-off
+        raise RuntimeError(f"no type known for tensor {name!r}")  # a bug: type_handoffs types every boundary
     out = onnx.ValueInfoProto()
     out.CopyFrom(vi)
     out.name = name
@@ -95,7 +96,8 @@ def stage_proto(model: Model, info: GraphInfo, spec: StageSpec, nstages: int,
             graph.input.append(graph_inputs.get(name) or _value_info(name, model, probed))
     for name in spec.outputs:
         o = graph_outputs.get(name)
-        graph.output.append(o if o is not None and o.type.tensor_type.elem_type else _value_info(name, model, probed))
+        # A graph output keeps the model's own type (a sequence's or optional's too) when it has one.
+        graph.output.append(o if o is not None and has_type(o.type) else _value_info(name, model, probed))
 
     functions = _used_functions(model, nodes)
     proto.functions.extend(functions)

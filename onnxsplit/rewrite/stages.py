@@ -20,10 +20,11 @@ class StageSpec:
 
     index: int
     nodes: tuple[int, ...]
-    own: tuple[int, ...]  # nodes placed here by the plan (the rest are copied const nodes)
+    own: tuple[int, ...]  # nodes placed here (the rest are copied const nodes)
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     initializers: tuple[str, ...]
+    label: int | None = None  # the stage number the plan gave these nodes; None for a stage of const nodes only
 
 
 @dataclass(frozen=True)
@@ -68,34 +69,69 @@ def _stage_cycle(edges: dict[tuple[int, int], tuple[int, int]], names: tuple[str
     return ""
 
 
+def dead_nodes(info: GraphInfo) -> frozenset[int]:
+    """Nodes no graph output depends on: nothing reads their outputs, or only other dead nodes do."""
+    live: set[int] = set()
+    stack = [info.producer[o] for o in info.outputs if o in info.producer]
+    while stack:
+        v = stack.pop()
+        if v in live:
+            continue
+        live.add(v)
+        stack.extend(info.producer[r] for r in info.reads[v] if r in info.producer)
+    return frozenset(range(len(info.names))) - live
+
+
+def _attach_dead(info: GraphInfo, dead: frozenset[int], final: dict[int, int]) -> None:
+    """Give every dead non-const node the latest stage among its producers (the first stage if none).
+
+    A dead node cannot change any output, so where it runs is free: beside
+    its inputs it needs no hand-off of its own and never makes a stage that
+    outputs nothing. Its readers are dead too and come later in topological
+    order, so no tensor flows backwards.
+    """
+    for v in sorted(dead - info.const):
+        producers = [final[info.producer[r]] for r in info.reads[v] if info.producer.get(r) in final]
+        final[v] = max(producers, default=0)
+
+
 def cut_stages(info: GraphInfo, stage_of: dict[int, int]) -> Cut:
     """Stages from a node -> stage mapping over the non-const nodes.
 
     Stage numbers may be any integers; stages are renumbered 0.. in an order
     where tensors only flow forward. Raises PlanError when stages would feed
     each other, naming the nodes that cause it.
+
+    Dead nodes (see :func:`dead_nodes`) do not keep the stage the plan gave
+    them: each joins the latest stage among its producers
+    (:func:`_attach_dead`), so a stage of dead nodes alone, which would have
+    no outputs, never exists; the stage count drops instead. A model whose
+    nodes are all const (a lone Constant) is one stage of those nodes.
+    After: every stage has at least one output.
     """
     missing = [info.names[v] for v in range(len(info.names)) if v not in info.const and v not in stage_of]
     if missing:
         raise PlanError(f"the plan does not place node {missing[0]!r} ({len(missing)} unplaced)")
+    dead = dead_nodes(info)
+    placed = {v: s for v, s in stage_of.items() if v not in info.const and v not in dead}
     edges: dict[tuple[int, int], tuple[int, int]] = {}
-    for v, s in sorted(stage_of.items()):
-        if v in info.const:
-            continue
+    for v, s in sorted(placed.items()):
         for r in info.reads[v]:
             p = info.producer.get(r)
-            if p is None or p in info.const:
+            if p is None or p not in placed:
                 continue
-            if stage_of[p] != s:
-                edges.setdefault((stage_of[p], s), (p, v))
-    labels = sorted({s for v, s in stage_of.items() if v not in info.const})
+            if placed[p] != s:
+                edges.setdefault((placed[p], s), (p, v))
+    labels = sorted(set(placed.values()))
     order, stuck = topological_order(labels, edges)
     if stuck:
         raise PlanError(f"the plan makes stages feed each other: {_stage_cycle(edges, info.names)}")
     renumber = {s: i for i, s in enumerate(order)}
-    final = {v: renumber[s] for v, s in stage_of.items() if v not in info.const}
+    final = {v: renumber[s] for v, s in placed.items()}
+    _attach_dead(info, dead, final)
 
-    nstages = len(order)
+    nstages = max(len(order), 1)  # all nodes const: one stage holds them
+    stage_labels: list[int | None] = [*order] if order else [None]
     own: list[list[int]] = [[] for _ in range(nstages)]
     for v in sorted(final):
         own[final[v]].append(v)
@@ -146,7 +182,10 @@ def cut_stages(info: GraphInfo, stage_of: dict[int, int]) -> Cut:
         for r in inputs:
             p = info.producer.get(r)
             source[r] = None if p is None else final[p]
-        stages.append(StageSpec(s, tuple(nodes), tuple(own[s]), tuple(inputs), tuple(outputs), tuple(inits)))
+        if not outputs:
+            raise RuntimeError(f"stage {s} has no outputs")  # a bug: only dead nodes make no outputs
+        stages.append(StageSpec(s, tuple(nodes), tuple(own[s]), tuple(inputs), tuple(outputs), tuple(inits),
+                                stage_labels[s]))
     for r, src in source.items():
         if src is None and r not in info.inputs:
             raise PlanError(f"tensor {r!r} is read but nothing produces it")

@@ -19,50 +19,32 @@ from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
                                 StageInput, StageOutput, TensorSpec)
-from onnxsplit.model import Model, tensor_nbytes
-from onnxsplit.ortutil import dtype_name, random_feeds, run_with_outputs
+from onnxsplit.model import tensor_nbytes
+from onnxsplit.ortutil import dtype_name
 from onnxsplit.outdir import output_folder
 from onnxsplit.planfile import save_plan
 from onnxsplit.prepared import Loaded, Prepared
+from onnxsplit.probe import Feeds, boundary_types
 from onnxsplit.rewrite.extract import stage_proto, write_stage
 from onnxsplit.rewrite.stages import Cut
-from onnxsplit.shapes import TensorType
 from onnxsplit.solve.plan import Plan, stage_loads
+from onnxsplit.valuetypes import is_tensor_type, type_name
 
 PLAN_FILE = "plan.json"
 
 
-def probe_types(model: Model, names: list[str], input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, TensorType]:
-    """Find dtype and shape of tensors inference could not type, by running the original once."""
-    specs = []
-    for vi in model.inputs:
-        specs.append((vi.name, dtype_name(vi.type.tensor_type.elem_type), input_shapes[vi.name]))
-    values = run_with_outputs(model, names, random_feeds(specs, seed=0))
-    return {n: TensorType(onnx.helper.np_dtype_to_tensor_dtype(values[n].dtype), tuple(values[n].shape)) for n in names}
+def type_handoffs(loaded: Loaded, cut: Cut, *, feeds: Feeds | None = None) -> dict[str, onnx.ValueInfoProto]:
+    """Value infos for the stage inputs and outputs that shape inference left untyped.
 
-
-def _typed(vi: onnx.ValueInfoProto) -> bool:
-    """Has a dtype and a rank: what a stage input or output needs to pass the checker."""
-    tt = vi.type.tensor_type
-    return bool(tt.elem_type) and tt.HasField("shape")
-
-
-def type_handoffs(loaded: Loaded, cut: Cut) -> dict[str, onnx.ValueInfoProto]:
-    """Value infos for the tensors crossing a stage boundary that shape inference left untyped.
-
-    The stage models need a dtype and a rank on every input and output; the
-    missing ones are found by running the original once.
+    Every stage input and output needs a type: a tensor's dtype and rank, or
+    a sequence's or optional's element type. Graph inputs and outputs carry
+    the model's own; hand-offs come from shape inference, else from one run
+    of the original on ``feeds`` (see :mod:`onnxsplit.probe`). Raises
+    ModelError naming a hand-off neither can type.
     """
-    model = loaded.model
-    crossing = [n for n in cut.source if cut.source[n] is not None]
-    missing = [n for n in crossing if n not in model.value_info or not _typed(model.value_info[n])]
-    if not missing:
-        return {}
-    found = probe_types(model, missing, loaded.shapes)
-    # Concrete dims are only right when no input dim is symbolic; otherwise keep the rank alone.
-    static = all(d.HasField("dim_value") for i in model.inputs for d in i.type.tensor_type.shape.dim)
-    return {n: onnx.helper.make_tensor_value_info(n, t.dtype, list(t.shape) if static else [None] * len(t.shape))
-            for n, t in found.items()}
+    graph_inputs = {i.name for i in loaded.model.graph.input}
+    boundary = [n for spec in cut.stages for n in (*spec.inputs, *spec.outputs) if n not in graph_inputs]
+    return boundary_types(loaded.model, boundary, shapes=loaded.shapes, feeds=feeds)
 
 
 def _shape(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
@@ -78,10 +60,13 @@ class _Specs:
     def __init__(self, loaded: Loaded, probed: Mapping[str, onnx.ValueInfoProto]) -> None:
         model = loaded.model
         self.types = loaded.types
-        self.vi_of = {**{i.name: i for i in model.graph.input}, **model.value_info, **probed}
+        self.vi_of = {**{o.name: o for o in model.graph.output if o.type.WhichOneof("value")},
+                      **{i.name: i for i in model.graph.input}, **model.value_info, **probed}
 
     def __call__(self, name: str) -> TensorSpec:
         vi = self.vi_of.get(name)
+        if vi is not None and not is_tensor_type(vi.type):
+            return TensorSpec(name, type_name(vi.type), None)  # a sequence, optional or map: no one shape
         t = self.types.get(name)
         elem = (vi.type.tensor_type.elem_type if vi is not None else 0) or (t.dtype if t else 0)
         return TensorSpec(name, dtype_name(elem) if elem else None, _shape(vi) if vi is not None else None)
@@ -158,15 +143,17 @@ def build_manifest(prepared: Prepared, plan: Plan, cut: Cut, stages: tuple[Stage
 
 
 def write_split(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut, *, outdir: Path,
-                force: bool = False) -> Manifest:
+                force: bool = False, feeds: Feeds | None = None) -> Manifest:
     """Write the split folder of ``plan`` to ``outdir`` atomically and return its manifest.
 
     The folder is built in a scratch folder beside ``outdir`` and moved into
     place at the end (see :mod:`onnxsplit.outdir`); with ``force`` an
-    existing ``outdir`` that holds a previous split is replaced.
+    existing ``outdir`` that holds a previous split is replaced. ``feeds``:
+    the representative inputs (see :func:`onnxsplit.probe.read_inputs`) that
+    hand-offs shape inference cannot type are typed on.
     """
     outdir = Path(outdir)
-    probed = type_handoffs(prepared, cut)
+    probed = type_handoffs(prepared, cut, feeds=feeds)
     with output_folder(outdir, force=force) as tmp:
         stages = _write_stages(prepared, devices, plan, cut, probed, tmp)
         manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir)

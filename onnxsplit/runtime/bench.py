@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from onnxsplit.errors import UsageError
-from onnxsplit.manifest import Manifest, TensorSpec, load_manifest
+from onnxsplit.manifest import TensorSpec, load_manifest
 from onnxsplit.model import check_source
 from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.valuetypes import is_tensor_dtype
 from onnxsplit.runtime.pipeline import Pipeline, StageStats
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,9 @@ def bench(
     manifest = load_manifest(outdir)
     source = check_source(model_path if model_path is not None else manifest.source_path(), manifest.source.sha256,
                           what="this folder was split from")
+    odd = [i for i in manifest.inputs if not is_tensor_dtype(i.dtype)]
+    if odd:
+        raise UsageError(f"input {odd[0].name!r} is a {odd[0].dtype}: bench makes random tensors only")
     shapes, scale = bench_shapes(manifest.inputs, manifest.input_shapes, batch=batch)
     feeds = random_feeds(manifest.feed_specs(shapes), seed=seed)
     samples = _samples(shapes)

@@ -124,7 +124,7 @@ class _Worker:
                 self._pin()
             # Pinned stages own their cores, so spinning between kernels costs nobody else.
             session = open_session(self.spec, spin=bool(self.cores) and self.spec.threads > 1)
-            self.runner = (BindingRunner(session, self.spec) if self.spec.provider == CUDA
+            self.runner = (BindingRunner(session, self.spec) if self.spec.provider == CUDA and self.spec.tensors_only
                            else HostRunner(session, self.spec))
         except BaseException as exc:  # reported by Pipeline.__init__, which then stops every worker
             self.error = exc

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxsplit.errors import UsageError
 from onnxsplit.ortutil import QUIET, session_options
 from onnxsplit.providers import require_available
 from onnxsplit.runtime.specs import CPU, StageSpec

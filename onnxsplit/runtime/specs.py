@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.manifest import Manifest, Stage
+from onnxsplit.valuetypes import is_tensor_dtype
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class StageSpec:
     graph_outputs: tuple[str, ...]  # model outputs this stage makes
     keep: frozenset[str]  # tensors a request still needs after this stage
     on_device: frozenset[str]  # outputs left on the GPU for the next stage (CUDA only)
+    # Every input and output is a plain tensor: IO binding cannot carry a sequence, an optional or a map.
+    tensors_only: bool = True
 
     @property
     def device_id(self) -> int:
@@ -59,7 +62,8 @@ def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
                 readers = [stages[j] for j in o.consumers]
                 # A hand-off stays on the GPU only when every reader runs on the same GPU;
                 # anything else goes through the host, which onnxruntime can always read.
-                if readers and all(r.provider == CUDA and _device_id(r) == _device_id(s) for r in readers):
+                if readers and is_tensor_dtype(o.dtype) and \
+                        all(r.provider == CUDA and _device_id(r) == _device_id(s) for r in readers):
                     on_device.add(o.name)
         specs.append(StageSpec(
             index=k,
@@ -72,6 +76,7 @@ def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
             graph_outputs=tuple(n for n in manifest.output_names if made_by.get(n) == k),
             keep=frozenset(later),
             on_device=frozenset(on_device),
+            tensors_only=all(is_tensor_dtype(t.dtype) for t in (*s.inputs, *s.outputs)),
         ))
     return tuple(specs)
 

@@ -93,6 +93,8 @@ def _interrupt(argv: list[str], *, after_import: str, delay: float, cache) -> tu
 def test_ctrl_c_while_starting(tmp_path, delay):
     argv = ["split", str(MODELS / "transformer.onnx"), "--input-shape", "input_ids:4x32", "-o", str(tmp_path / "out")]
     code, lines = _interrupt(argv, after_import="onnxsplit.cli.main", delay=delay, cache=tmp_path / "cache")
+    # A warning may come first (profiling on a busy machine says so); then the one line, and nothing else.
+    lines = [x for x in lines if not x.startswith("onnxsplit: warning: ")]
     assert code == 130 and lines == ["onnxsplit: interrupted"], lines
     assert not (tmp_path / "out").exists()
 
@@ -100,6 +102,7 @@ def test_ctrl_c_while_starting(tmp_path, delay):
 def test_ctrl_c_during_a_split(tmp_path):
     argv = ["split", str(MODELS / "transformer.onnx"), "--input-shape", "input_ids:4x32", "-o", str(tmp_path / "out")]
     code, lines = _interrupt(argv, after_import="onnxsplit.splitting", delay=0.2, cache=tmp_path / "cache")
+    lines = [x for x in lines if not x.startswith("onnxsplit: warning: ")]
     assert code == 130 and len(lines) == 1 and lines[0].startswith("onnxsplit: interrupted"), lines
     if lines[0] == "onnxsplit: interrupted":
         assert not (tmp_path / "out").exists()
