@@ -446,6 +446,30 @@ def _check_structure(model: Model) -> None:
             defined[out] = f"node {node.name!r}"
 
 
+def _weights_as_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose external initializers are graph inputs of the same type and shape.
+
+    onnxruntime resolves every kernel of it without reading a byte of the
+    weights, so checking that a model loads costs no memory for big models.
+    """
+    from onnxsplit.model import is_external
+
+    copy = onnx.ModelProto()
+    saved = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    try:
+        copy.CopyFrom(proto)
+    finally:
+        proto.graph.initializer.extend(saved)
+    declared = {i.name for i in copy.graph.input}
+    for t in saved:
+        if not is_external(t):
+            copy.graph.initializer.append(t)
+        elif t.name not in declared:
+            copy.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return copy
+
+
 def check_runnable(model: Model, devices_or_providers: Devices | Sequence[str], *,
                    require_installed: bool = True) -> None:
     """Refuse, in one line, a model onnxruntime cannot run on the providers a split would use.
@@ -470,7 +494,7 @@ def check_runnable(model: Model, devices_or_providers: Devices | Sequence[str], 
             wanted.setdefault(kind.provider, dict(kind.provider_options))
     ort = onnxruntime()
     available = set(ort.get_available_providers())
-    data = model.proto.SerializeToString()
+    data = _weights_as_inputs(model.proto).SerializeToString()
     for provider, options in wanted.items():
         if provider not in available:
             if require_installed:

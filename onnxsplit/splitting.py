@@ -21,6 +21,7 @@ from onnxsplit.errors import PlanError, UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
+from onnxsplit.ortutil import check_runnable
 from onnxsplit.outdir import check_outdir
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
@@ -114,6 +115,10 @@ def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: di
     representative inputs (see :func:`load`), also profiled on.
     """
     loaded = load(model_path, input_shapes=input_shapes, inputs=inputs)
+    if costs == "estimate" and profile_path is None:
+        # What measuring would have found by running the model, found without timing it. Kinds that bring
+        # their own profile were measured elsewhere: their provider need not be installed here.
+        check_runnable(loaded.model, devices, require_installed=all(k.profile is None for k in devices.kinds))
     times = node_times(loaded, devices, costs=costs, profile_path=profile_path, runs=runs, warmup=warmup)
     graph = build_costgraph(loaded.model, loaded.info, devices, times, loaded.types)
     return Prepared(loaded.model, loaded.info, loaded.types, loaded.shapes, graph, feeds=loaded.feeds)

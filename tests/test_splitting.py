@@ -6,6 +6,7 @@ import json
 import math
 import time
 
+import onnx
 import pytest
 from conftest import split_and_check
 from graphs import chain, f32, model, save
@@ -13,7 +14,8 @@ from onnx import helper
 
 from onnxsplit import split
 from onnxsplit.devices import DeviceKind, Devices, Link
-from onnxsplit.errors import PlanError
+from onnxsplit.cli.main import main
+from onnxsplit.errors import OnnxSplitError, PlanError, UsageError
 from onnxsplit.splitting import cap_devices
 
 
@@ -118,3 +120,44 @@ def test_a_sequence_input_cannot_be_measured_and_says_so(tmp_path):
                      [helper.make_tensor_value_info("n", TensorProto.INT64, [])], opset=18), tmp_path / "s.onnx")
     with pytest.raises(UsageError, match="input 's' is not a tensor"):
         split(src, tmp_path / "out", devices=2, costs="measure")
+
+
+# -- estimated costs: a model nothing can run is refused before anything is written ------------------------------------
+
+
+def _unknown_op(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"),
+             helper.make_node("Frobnicate", ["a"], ["y"], name="frob", domain="com.example")]
+    m = model(nodes, [f32("x", [2, 3])], [f32("y", [2, 3])], extra_opsets=[helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "unknown.onnx"
+    onnx.save_model(m, str(path))  # the checker cannot know a custom domain's op either
+    return path
+
+
+def _defined_twice(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r1"), helper.make_node("Neg", ["x"], ["a"], name="n1"),
+             helper.make_node("Abs", ["a"], ["y"], name="abs")]
+    path = tmp_path / "twice.onnx"
+    onnx.save_model(model(nodes, [f32("x", [2, 3])], [f32("y", [2, 3])]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("make, needle", [(_unknown_op, "node 'frob' (com.example:Frobnicate)"), (_defined_twice, "'a'")])
+def test_estimated_costs_refuse_a_model_onnxruntime_cannot_run(tmp_path, capsys, make, needle):
+    path = make(tmp_path)
+    with pytest.raises(OnnxSplitError) as info:
+        split(path, tmp_path / "out", devices=2, costs="estimate")
+    assert "\n" not in str(info.value) and needle in str(info.value), str(info.value)
+    assert not (tmp_path / "out").exists()
+    code = main(["split", str(path), "--costs", "estimate", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("onnxsplit: error: ") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimated_costs_refuse_a_provider_not_installed_here(tmp_path):
+    path = save(chain(4), tmp_path / "chain.onnx")
+    gpus = Devices((DeviceKind("gpu", 2, provider="CUDAExecutionProvider"),))
+    with pytest.raises(UsageError, match="'CUDAExecutionProvider' is not available here"):
+        split(path, tmp_path / "out", devices=gpus, costs="estimate")
+    assert not (tmp_path / "out").exists()
