@@ -12,7 +12,7 @@ match; nothing here runs a model.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from onnxsplit.errors import ModelError
 from onnxsplit.manifest import FILENAME, Manifest, TensorSpec
-from onnxsplit.model import Model, external_info, is_external
+from onnxsplit.model import Model, external_info, is_external, stored_tensors
 from onnxsplit.ortutil import dtype_name
 
 _Declared = dict[str, tuple[str | None, int | None]]  # name -> (dtype, rank) as a model file declares it
@@ -137,23 +137,9 @@ def _same_types(what: str, field: str, declared: _Declared, listed: Sequence[Ten
 # -- weights kept outside the stage file ------------------------------------------------------------------------------
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in a graph: initializers and tensor attributes, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _tensors(attr.g)
-            for g in attr.graphs:
-                yield from _tensors(g)
-
-
 def _check_weights(proto: onnx.ModelProto, folder: Path, what: str, data_file: str | None) -> None:
     sizes: dict[str, int] = {}
-    for t in _tensors(proto.graph):
+    for t in stored_tensors(proto.graph):
         if not is_external(t):
             continue
         info = external_info(t)

@@ -120,7 +120,7 @@ def external_info(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
 
-def _tensors_with_data(graph: onnx.GraphProto):
+def stored_tensors(graph: onnx.GraphProto):
     """Every tensor of a graph that may hold data: initializers and attribute tensors, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
@@ -129,9 +129,9 @@ def _tensors_with_data(graph: onnx.GraphProto):
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors_with_data(attr.g)
+                yield from stored_tensors(attr.g)
             for g in attr.graphs:
-                yield from _tensors_with_data(g)
+                yield from stored_tensors(g)
 
 
 def _external_int(t: onnx.TensorProto, key: str, path: Path) -> int | None:
@@ -179,7 +179,7 @@ def external_data_path(t: onnx.TensorProto, base: Path, path: Path) -> Path:
 def _check_external_files(proto: onnx.ModelProto, base: Path, path: Path) -> None:
     """Every external tensor's file exists, lies in the model's folder and holds all its bytes."""
     sizes: dict[Path, int] = {}
-    for t in _tensors_with_data(proto.graph):
+    for t in stored_tensors(proto.graph):
         if not is_external(t):
             continue
         target = external_data_path(t, base, path)
@@ -302,11 +302,10 @@ def _toposort(graph: onnx.GraphProto, where: Path) -> None:
         graph.node.extend(nodes[i] for i in order)
 
 
-def light_copy(proto: onnx.ModelProto, *, keep_bytes: int = 1 << 16) -> onnx.ModelProto:
-    """A copy whose large initializers are data-less stubs.
+def copy_without_initializers(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """A copy of ``proto`` with no main-graph initializers, and those initializers (``proto`` is left as it was).
 
-    Shape inference needs dims and small constant values (shapes), not
-    weights; the stubs keep memory flat for big models.
+    The weights are never copied, so a copy of a big model costs no memory.
     """
     copy = onnx.ModelProto()
     saved = list(proto.graph.initializer)
@@ -315,6 +314,16 @@ def light_copy(proto: onnx.ModelProto, *, keep_bytes: int = 1 << 16) -> onnx.Mod
         copy.CopyFrom(proto)
     finally:
         proto.graph.initializer.extend(saved)
+    return copy, saved
+
+
+def light_copy(proto: onnx.ModelProto, *, keep_bytes: int = 1 << 16) -> onnx.ModelProto:
+    """A copy whose large initializers are data-less stubs.
+
+    Shape inference needs dims and small constant values (shapes), not
+    weights; the stubs keep memory flat for big models.
+    """
+    copy, saved = copy_without_initializers(proto)
     for t in saved:
         if is_external(t) or len(t.raw_data) <= keep_bytes:
             copy.graph.initializer.append(t)

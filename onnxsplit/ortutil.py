@@ -303,13 +303,18 @@ def load_feeds(path: str | os.PathLike, expected: list[str]) -> dict[str, np.nda
         raise UsageError(f"{path}: not a readable .npz file of input arrays ({exc})") from None
     except Exception as exc:  # a damaged zip member (BadZipFile, zlib.error) is a bad file, not a bug
         raise UsageError(f"{path}: not a readable .npz file of input arrays ({type(exc).__name__}: {exc})") from None
+    _check_names(feeds, expected, where=str(path))
+    return feeds
+
+
+def _check_names(feeds: Mapping[str, object], expected: Sequence[str], *, where: str) -> None:
+    """UsageError unless ``feeds`` has an entry for every expected input and nothing else."""
     missing = [n for n in expected if n not in feeds]
     if missing:
-        raise UsageError(f"{path}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
+        raise UsageError(f"{where}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
     extra = sorted(set(feeds) - set(expected))
     if extra:
-        raise UsageError(f"{path}: {extra[0]!r} is not an input of the model (inputs: {expected})")
-    return feeds
+        raise UsageError(f"{where}: {extra[0]!r} is not an input of the model (inputs: {sorted(expected)})")
 
 
 def _dims(shape: Sequence[int]) -> str:
@@ -327,12 +332,7 @@ def check_feeds(model: Model, feeds: Mapping[str, np.ndarray], *,
     from onnxsplit.shapes import fixed_dim
 
     inputs = {vi.name: vi for vi in model.inputs}
-    missing = [n for n in inputs if n not in feeds]
-    if missing:
-        raise UsageError(f"{where}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
-    extra = sorted(set(feeds) - set(inputs))
-    if extra:
-        raise UsageError(f"{where}: {extra[0]!r} is not an input of the model (inputs: {sorted(inputs)})")
+    _check_names(feeds, list(inputs), where=where)
     for name, vi in inputs.items():
         if vi.type.WhichOneof("value") != "tensor_type":
             continue  # a sequence, optional or map: onnxruntime checks its elements
@@ -452,15 +452,9 @@ def _weights_as_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     onnxruntime resolves every kernel of it without reading a byte of the
     weights, so checking that a model loads costs no memory for big models.
     """
-    from onnxsplit.model import is_external
+    from onnxsplit.model import copy_without_initializers, is_external
 
-    copy = onnx.ModelProto()
-    saved = list(proto.graph.initializer)
-    del proto.graph.initializer[:]
-    try:
-        copy.CopyFrom(proto)
-    finally:
-        proto.graph.initializer.extend(saved)
+    copy, saved = copy_without_initializers(proto)
     declared = {i.name for i in copy.graph.input}
     for t in saved:
         if not is_external(t):

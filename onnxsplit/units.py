@@ -50,40 +50,30 @@ def _finite(number: float, value: object, what: str) -> float:
     return number
 
 
+def _parse(value: str | int | float, what: str, pattern: re.Pattern[str], units: dict[str, float]) -> float:
+    """A plain non-negative number as it is, else ``pattern``'s number times its unit; UsageError otherwise."""
+    number = _plain_number(value, what)
+    if number is not None:
+        return number
+    m = pattern.fullmatch(str(value))
+    if not m:
+        raise UsageError(f"expected {what}, got {value!r}")
+    return _finite(float(m.group(1)) * units[(m.group(2) or "").lower()], value, what)
+
+
 def parse_bytes(value: str | int | float) -> float:
     """``'512M'``, ``'16GiB'``, ``'8GB'``, ``1000000`` -> bytes (a non-negative float).
 
     Raises UsageError naming the text when it is not a size.
     """
-    what = "a size in bytes like 16GB or 512MiB"
-    number = _plain_number(value, what)
-    if number is not None:
-        return number
-    m = _SIZE.fullmatch(str(value))
-    if not m:
-        raise UsageError(f"expected {what}, got {value!r}")
-    return _finite(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()], value, what)
+    return _parse(value, "a size in bytes like 16GB or 512MiB", _SIZE, _SIZE_UNITS)
 
 
 def parse_bandwidth(value: str | int | float) -> float:
     """``'16GB/s'``, ``'300GiB/s'``, ``16e9`` -> bytes per second. Raises UsageError when it is not one."""
-    what = "a bandwidth like 16GB/s"
-    number = _plain_number(value, what)
-    if number is not None:
-        return number
-    m = _BANDWIDTH.fullmatch(str(value))
-    if not m:
-        raise UsageError(f"expected {what}, got {value!r}")
-    return _finite(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()], value, what)
+    return _parse(value, "a bandwidth like 16GB/s", _BANDWIDTH, _SIZE_UNITS)
 
 
 def parse_seconds(value: str | int | float) -> float:
     """``'10us'``, ``'2ms'``, ``1e-5`` -> seconds. Raises UsageError when it is not a time."""
-    what = "a time like 10us or 2ms"
-    number = _plain_number(value, what)
-    if number is not None:
-        return number
-    m = _TIME.fullmatch(str(value))
-    if not m:
-        raise UsageError(f"expected {what}, got {value!r}")
-    return _finite(float(m.group(1)) * _TIME_UNITS[m.group(2).lower()], value, what)
+    return _parse(value, "a time like 10us or 2ms", _TIME, _TIME_UNITS)
