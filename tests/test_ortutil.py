@@ -1,13 +1,27 @@
-"""onnxruntime session options, built in one place."""
+"""onnxruntime through ortutil: session options built in one place, its errors as one line naming the node, runnable checks, feeds."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from graphs import chain, f32, model, save
+from onnx import TensorProto, helper
 
-from graphs import chain, save
-from onnxsplit.errors import UsageError
-from onnxsplit.ortutil import make_session, session_options
+from onnxsplit.cli.main import main
+from onnxsplit.devices import DeviceKind, Devices, identical_devices
+from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.model import load_model
+from onnxsplit.ortutil import (
+    check_feeds,
+    check_provider_options,
+    check_runnable,
+    make_session,
+    model_feeds,
+    ort_message,
+    run_with_outputs,
+    session_options,
+)
 
 
 def test_session_options(tmp_path):
@@ -40,3 +54,284 @@ def test_make_session_runs_and_checks_the_provider(tmp_path):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(UsageError, match="'CUDAExecutionProvider' is not available here"):
             make_session(path, provider="CUDAExecutionProvider")
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert text and "\n" not in text and "\x1b" not in text, text
+    return text
+
+
+def _quiet(capfd) -> None:
+    """Nothing of onnxruntime's own log reached the terminal (it writes to the file descriptors, not sys.stderr)."""
+    out, err = capfd.readouterr()
+    assert "onnxruntime" not in err and "\x1b[" not in err, err
+    assert "\x1b[" not in out, out
+
+
+def _write(tmp_path, name, nodes, inputs, outputs, inits=(), **kwargs):
+    path = tmp_path / name
+    onnx.save_model(model(nodes, inputs, outputs, inits, **kwargs), str(path))  # no checker: some are broken
+    return path
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """Models onnxruntime refuses, by what is wrong with them."""
+    x, y = f32("x", [2]), f32("y", [2])
+    made = {
+        "custom": _write(tmp_path, "custom.onnx", [helper.make_node("Foo", ["x"], ["y"], name="foo", domain="my.dom")],
+                         [x], [y], extra_opsets=[helper.make_opsetid("my.dom", 1)]),
+        "unknown": _write(tmp_path, "unknown.onnx", [helper.make_node("Frobnicate", ["x"], ["y"], name="frob")], [x],
+                          [y]),
+        "dangling": _write(tmp_path, "dangling.onnx", [helper.make_node("Add", ["x", "zz"], ["y"], name="add")], [x],
+                           [y]),
+        "duplicate": _write(tmp_path, "duplicate.onnx", [helper.make_node("Relu", ["x"], ["y"], name="a"),
+                                                         helper.make_node("Neg", ["x"], ["y"], name="b")], [x], [y]),
+        "no-outputs": _write(tmp_path, "no-outputs.onnx", [helper.make_node("Relu", ["x"], ["y"], name="a")], [x], []),
+        "two-inputs": _write(tmp_path, "two-inputs.onnx", [helper.make_node("Relu", ["x"], ["y"], name="a")],
+                             [x, f32("x", [2])], [y]),
+        "opset": _write(tmp_path, "opset.onnx", [helper.make_node("Relu", ["x"], ["y"], name="a")], [x], [y],
+                        opset=onnx.defs.onnx_opset_version() + 50),
+        "ir": _write(tmp_path, "ir.onnx", [helper.make_node("Relu", ["x"], ["y"], name="a")], [x], [y],
+                     ir=onnx.IR_VERSION + 50),
+    }
+    return made
+
+
+@pytest.fixture
+def mismatch(tmp_path):
+    """Runs only when its two inputs broadcast: at 2 and 3 it fails inside node 'add'."""
+    nodes = [helper.make_node("Add", ["x", "z"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    return save(model(nodes, [f32("x", ["N"]), f32("z", ["M"])], [f32("y", ["K"])]), tmp_path / "mismatch.onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime's errors as one line
+
+
+def test_ort_message_is_one_plain_line():
+    class Fail(Exception):
+        pass
+
+    Fail.__module__ = "onnxruntime.capi.onnxruntime_pybind11_state"
+    exc = Fail("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:256 "
+               "onnxruntime::Model::Model(onnx::ModelProto&&, const std::string&) Unsupported model IR version: 99, "
+               "max supported IR version: 11\n\x1b[1;31msecond line\x1b[m")
+    assert ort_message(exc) == "Unsupported model IR version: 99, max supported IR version: 11"
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("custom", ["node 'foo'", "my.dom:Foo", "not a registered"]),
+    ("unknown", ["node 'frob'", "Frobnicate"]),
+    ("dangling", ["node 'add'", "'zz'"]),
+])
+def test_session_errors_name_the_node(broken, capfd, case, needles):
+    with pytest.raises(ModelError) as exc:
+        make_session(broken[case])
+    message = _one_line(exc)
+    assert message.startswith(f"{case}.onnx: onnxruntime cannot run the model") and "[ONNXRuntimeError]" not in message
+    for needle in needles:
+        assert needle in message, message
+    _quiet(capfd)
+
+
+def test_run_errors_name_the_node_and_stay_off_the_terminal(mismatch, capfd):
+    m = load_model(mismatch)
+    feeds = {"x": np.ones(2, np.float32), "z": np.ones(3, np.float32)}
+    with pytest.raises(ModelError) as exc:
+        run_with_outputs(m, ["s"], feeds)
+    message = _one_line(exc)
+    assert "mismatch.onnx" in message and "node 'add' (Add)" in message and "broadcast" in message
+    assert "/onnxruntime_src" not in message and "Status Message" not in message
+    _quiet(capfd)
+    assert run_with_outputs(m, ["s"], {"x": np.ones(3, np.float32), "z": np.ones(3, np.float32)})["s"].shape == (3,)
+
+
+@pytest.mark.parametrize("case, needle", [("custom", "node 'foo'"), ("dangling", "node 'add'"),
+                                          ("unknown", "node 'frob'")])
+def test_profile_refuses_what_onnxruntime_refuses_in_one_line(broken, tmp_path, capfd, case, needle):
+    code = main(["profile", str(broken[case]), "-o", str(tmp_path / "p.json"), "--runs", "1", "--warmup", "0"])
+    err = capfd.readouterr().err.strip()
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("onnxsplit: error: ")]
+    assert code == 1 and len(errors) == 1 and lines[-1] == errors[0], err
+    assert all(line.startswith("onnxsplit: ") for line in lines), err  # no traceback, no onnxruntime log
+    assert needle in errors[0] and "\x1b" not in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_profile_run_failure_is_one_line(mismatch, tmp_path, capfd):
+    code = main(["profile", str(mismatch), "-o", str(tmp_path / "p.json"), "--runs", "1", "--warmup", "0",
+                 "--input-shape", "x:2", "--input-shape", "z:3"])
+    err = capfd.readouterr().err.strip()
+    assert code == 1 and err.splitlines()[-1].startswith("onnxsplit: error: "), err
+    assert all(line.startswith("onnxsplit: ") for line in err.splitlines()), err
+    assert "node 'add' (Add)" in err and "\x1b" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# check_runnable: what measuring would find, before anything is written
+
+
+def test_check_runnable_accepts_a_good_model(tmp_path, capfd):
+    m = load_model(save(chain(3), tmp_path / "good.onnx"))
+    check_runnable(m, ["cpu"])
+    check_runnable(m, identical_devices(2))
+    check_runnable(m, Devices((DeviceKind("cpu", 1), DeviceKind("big", 1, threads=4))))
+    _quiet(capfd)
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("custom", ["node 'foo'", "not a registered"]),
+    ("unknown", ["node 'frob'", "Frobnicate"]),
+    ("dangling", ["node 'add'", "'zz'"]),
+    ("duplicate", ["'y'", "defined twice"]),
+    ("no-outputs", ["no outputs"]),
+    ("two-inputs", ["input 'x' twice"]),
+    ("opset", ["opset", "newer"]),
+    ("ir", ["IR version", "newer"]),
+])
+def test_check_runnable_refuses(broken, capfd, case, needles):
+    m = load_model(broken[case])
+    with pytest.raises(ModelError) as exc:
+        check_runnable(m, identical_devices(2))
+    message = _one_line(exc)
+    assert message.startswith(f"{case}.onnx: ")
+    for needle in needles:
+        assert needle in message, message
+    out, err = capfd.readouterr()
+    assert "\x1b[" not in err and "[E:onnxruntime" not in err, err
+
+
+def test_check_runnable_wants_the_providers_installed(tmp_path):
+    import onnxruntime as ort
+
+    m = load_model(save(chain(2), tmp_path / "good.onnx"))
+    missing = next(p for p in ("MIGraphXExecutionProvider", "CANNExecutionProvider")
+                   if p not in ort.get_available_providers())
+    gpus = Devices((DeviceKind("cpu", 1), DeviceKind("accel", 2, provider=missing)))
+    with pytest.raises(UsageError) as exc:
+        check_runnable(m, gpus)
+    assert missing in _one_line(exc) and "not available" in _one_line(exc)
+    with pytest.raises(UsageError):
+        check_runnable(m, [missing])
+    check_runnable(m, gpus, require_installed=False)  # planning for devices this machine lacks
+    odd = Devices((DeviceKind("cpu", 1, provider_options=(("bogus", "1"),)),))
+    with pytest.raises(UsageError) as exc:
+        check_runnable(m, odd)
+    assert "'bogus'" in _one_line(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider options
+
+
+def test_unknown_provider_options_are_refused():
+    check_provider_options("cpu", {})
+    with pytest.raises(UsageError) as exc:
+        check_provider_options("cpu", {"bogus": "1"})
+    message = _one_line(exc)
+    assert "'bogus'" in message and "CPUExecutionProvider" in message and "--" not in message
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--provider-option", "bogus=1"], ["--provider-option", "'bogus'"]),
+    (["--provider-option", "a=1", "--provider-option", "a=2"], ["'a'", "already"]),
+    (["--runs", "nan"], ["--runs"]),
+    (["--runs", "-2"], ["--runs must be at least 1, got -2"]),
+    (["--warmup", "-1"], ["--warmup must be 0 or more, got -1"]),
+    (["--warmup", "inf"], ["--warmup"]),
+    (["--threads", "0"], ["--threads must be at least 1, got 0"]),
+])
+def test_profile_flags_are_checked(tmp_path, capsys, extra, needles):
+    good = save(chain(2), tmp_path / "good.onnx")
+    code = main(["profile", str(good), "-o", str(tmp_path / "p.json"), *extra])
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("onnxsplit: error: ")]
+    assert code == 1 and len(errors) == 1 and lines[-1] == errors[0], err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not (tmp_path / "p.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# User feeds
+
+
+@pytest.fixture
+def branchy(tmp_path):
+    """``y = x + 1`` when ``flag`` is true, else ``x - 1``: the branch is only right with the user's flag."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    then = helper.make_graph([helper.make_node("Add", ["x", "one"], ["t"], name="plus")], "then", [],
+                             [f32("t", [2, 3])], [one])
+    other = helper.make_graph([helper.make_node("Sub", ["x", "one"], ["e"], name="minus")], "else", [],
+                              [f32("e", [2, 3])], [one])
+    nodes = [helper.make_node("If", ["flag"], ["y"], name="choose", then_branch=then, else_branch=other)]
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    return load_model(save(model(nodes, [flag, f32("x", ["N", 3])], [f32("y", ["N", 3])]), tmp_path / "if.onnx"))
+
+
+def test_model_feeds_takes_the_users_inputs(branchy):
+    x = np.zeros((2, 3), np.float32)
+    feeds = model_feeds(branchy, {"flag": (), "x": (2, 3)}, feeds={"flag": np.array(False), "x": x})
+    assert run_with_outputs(branchy, [], feeds)["y"][0, 0] == -1.0
+    feeds = model_feeds(branchy, {"flag": (), "x": (2, 3)}, feeds={"flag": np.array(True), "x": x})
+    assert run_with_outputs(branchy, [], feeds)["y"][0, 0] == 1.0
+    random = model_feeds(branchy, {"flag": (), "x": (4, 3)}, seed=1)
+    assert random["flag"].dtype == bool and random["x"].shape == (4, 3)
+    assert np.array_equal(random["x"], model_feeds(branchy, {"flag": (), "x": (4, 3)}, seed=1)["x"])
+
+
+@pytest.mark.parametrize("feeds, needles", [
+    ({"flag": np.array(True)}, ["no array for model input 'x'"]),
+    ({"flag": np.array(True), "x": np.zeros((2, 3), np.float32), "mask": np.zeros(1)}, ["'mask'", "not an input"]),
+    ({"flag": np.array(True), "x": np.zeros((2, 3), np.float64)}, ["'x'", "float64", "float32"]),
+    ({"flag": np.array(1), "x": np.zeros((2, 3), np.float32)}, ["'flag'", "int64", "bool"]),
+    ({"flag": np.array(True), "x": np.zeros((2, 3, 1), np.float32)}, ["'x'", "rank 3", "rank 2"]),
+    ({"flag": np.array(True), "x": np.zeros((2, 4), np.float32)}, ["'x'", "dim 1", "fixes it to 3"]),
+])
+def test_user_feeds_are_checked(branchy, feeds, needles):
+    for check in (lambda: check_feeds(branchy, feeds), lambda: run_with_outputs(branchy, [], feeds),
+                  lambda: model_feeds(branchy, {"flag": (), "x": (2, 3)}, feeds=feeds)):
+        with pytest.raises(UsageError) as exc:
+            check()
+        message = _one_line(exc)
+        for needle in needles:
+            assert needle in message, message
+    with pytest.raises(UsageError, match="has shape 2x3, expected 5x3"):
+        model_feeds(branchy, {"flag": (), "x": (5, 3)}, feeds={"flag": np.array(True), "x": np.zeros((2, 3), np.float32)})
+
+
+def test_profile_inputs_of_the_wrong_dtype(tmp_path, capsys):
+    good = save(chain(2), tmp_path / "good.onnx")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 8), dtype=np.float64))
+    code = main(["profile", str(good), "-o", str(tmp_path / "p.json"), "--inputs", str(tmp_path / "in.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.splitlines() == [err.splitlines()[-1]], err
+    assert "--inputs" in err and "float64" in err and "float32" in err
+
+
+def test_profiles_measured_with_user_feeds(branchy, tmp_path, monkeypatch):
+    """The cache keeps a profile measured on the user's inputs apart from one on random inputs."""
+    from onnxsplit.costmodel import shared_profile
+    from onnxsplit.profile import cache, measure
+
+    seen = []
+    real = measure.profile_model
+    monkeypatch.setattr(measure, "profile_model", lambda *a, **k: seen.append(k.get("feeds")) or real(*a, **k))
+    monkeypatch.setenv("ONNXSPLIT_CACHE", str(tmp_path / "cache"))
+    shapes = {"flag": (), "x": (2, 3)}
+    mine = {"flag": np.array(False), "x": np.zeros((2, 3), np.float32)}
+    args = dict(input_shapes=shapes, runs=1, warmup=0)
+    cache.cached_profile(branchy, **args)
+    cache.cached_profile(branchy, **args, feeds=mine)
+    cache.cached_profile(branchy, **args, feeds=mine)
+    shared_profile(branchy, identical_devices(2), **args, feeds=mine)
+    assert len(seen) == 2 and seen[0] is None and seen[1]["flag"] == np.array(False)
+    other = dict(mine, flag=np.array(True))
+    cache.cached_profile(branchy, **args, feeds=other)
+    assert len(seen) == 3
+    with pytest.raises(UsageError, match="float32"):
+        cache.cached_profile(branchy, **args, feeds=dict(mine, x=np.zeros((2, 3))))

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from onnxsplit.graphinfo import graph_info
 from onnxsplit.model import load_model
+from onnxsplit.errors import PlanError
 from onnxsplit.rewrite.stages import cut_stages, dead_nodes
 
 
@@ -90,3 +91,88 @@ def test_every_stage_has_an_output(tmp_path, stage):
     cut = cut_stages(info, {0: 0, 1: stage, 2: 1, 3: 1, 4: 1})
     assert all(s.outputs for s in cut.stages)
     assert cut.stages[0].label == 0 and cut.stages[-1].label == 1
+
+
+# -- cut_stages on models written as ONNX text ----------------------------------------------------------------------
+
+DIAMOND = """
+<ir_version: 8, opset_import: ["" : 17]>
+diamond (float[N, 4] x) => (float[N, 4] y, float[N, 4] side) {
+    half = Constant <value = float {0.5}> ()
+    a = Relu (x)
+    b = Mul (a, half)
+    c = Neg (a)
+    d = Abs (x)
+    e = Add (b, c)
+    y = Add (e, d)
+    side = Sigmoid (c)
+}
+"""
+
+
+def _info(tmp_path, text: str):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx.parser.parse_model(text), str(path))
+    m = load_model(path)
+    return graph_info(m)
+
+
+def _stages(info, placement: dict[str, int]) -> dict[int, int]:
+    return {info.names.index(name): s for name, s in placement.items()}
+
+
+def test_a_cut_hands_off_each_tensor_once_and_graph_inputs_go_straight(tmp_path):
+    info = _info(tmp_path, DIAMOND)
+    names = info.names  # unnamed nodes are named OPTYPE_K by the loader
+    const = [v for v in range(len(names)) if v in info.const]
+    assert [names[v] for v in const] == ["Constant_0"]
+    cut = cut_stages(info, _stages(info, {"Relu_0": 0, "Neg_0": 0, "Abs_0": 0, "Mul_0": 1, "Add_0": 1,
+                                          "Add_1": 1, "Sigmoid_0": 1}))
+    first, second = cut.stages
+    assert first.outputs == ("a", "c", "d") and second.inputs == ("a", "c", "d")
+    assert {n: cut.source[n] for n in second.inputs} == {"a": 0, "c": 0, "d": 0}
+    assert cut.consumers["a"] == (1,) and cut.consumers["c"] == (1,)  # c is read twice in stage 1, sent once
+    assert cut.source["x"] is None and first.inputs == ("x",)
+    assert cut.output_stage == {"y": 1, "side": 1}
+    # The Constant is copied into the stage that reads it and never handed off.
+    assert names.index("Constant_0") in second.nodes and names.index("Constant_0") not in second.own
+    assert "half" not in cut.consumers and "half" not in second.inputs
+
+
+def test_a_graph_input_read_by_two_stages_goes_to_each(tmp_path):
+    info = _info(tmp_path, DIAMOND)
+    cut = cut_stages(info, _stages(info, {"Relu_0": 0, "Neg_0": 0, "Mul_0": 0, "Add_0": 0, "Sigmoid_0": 0,
+                                          "Abs_0": 1, "Add_1": 1}))
+    first, second = cut.stages
+    assert "x" in first.inputs and "x" in second.inputs and cut.source["x"] is None
+    assert second.outputs == ("y",) and first.outputs == ("e", "side")
+    assert cut.output_stage == {"y": 1, "side": 0}
+
+
+def test_stages_that_feed_each_other_are_refused_naming_the_nodes(tmp_path):
+    info = _info(tmp_path, DIAMOND)
+    with pytest.raises(PlanError) as exc:
+        cut_stages(info, _stages(info, {"Relu_0": 0, "Neg_0": 1, "Mul_0": 0, "Add_0": 0, "Abs_0": 0,
+                                        "Add_1": 0, "Sigmoid_0": 1}))
+    message = str(exc.value)
+    assert "\n" not in message and "'Neg_0' (stage 1) feeds 'Add_0' (stage 0)" in message, message
+
+
+def test_stages_are_numbered_in_pipeline_order(tmp_path):
+    """A plan may number its stages in any order; the cut numbers them so each reads only earlier ones."""
+    info = _info(tmp_path, DIAMOND)
+    cut = cut_stages(info, _stages(info, {"Relu_0": 5, "Neg_0": 5, "Abs_0": 5, "Mul_0": 2, "Add_0": 2,
+                                          "Add_1": 2, "Sigmoid_0": 2}))
+    assert [s.index for s in cut.stages] == [0, 1] and [s.label for s in cut.stages] == [5, 2]
+    assert cut.stages[1].inputs == ("a", "c", "d")
+
+
+def test_a_split_of_the_text_model_validates_with_estimated_costs(tmp_path):
+    path = tmp_path / "diamond.onnx"
+    onnx.save_model(onnx.parser.parse_model(DIAMOND), str(path))
+    plan = _plan(tmp_path / "plan.json", {"Relu_0": 0, "Neg_0": 0, "Abs_0": 1, "Mul_0": 1, "Add_0": 2, "Add_1": 2,
+                                          "Sigmoid_0": 2})
+    result, report = split_and_check(path, tmp_path / "out", 3, costs="estimate", input_shapes={"x": (2, 4)},
+                                     plan=plan)
+    assert report.passed and len(result.manifest.stages) == 3
+    assert [h.name for h in result.manifest.handoffs] == ["a", "c", "b", "d"]

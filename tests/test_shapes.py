@@ -1,22 +1,24 @@
-"""Trust in the loader and the shapes: external data stays in the model's folder, dims stored as -1 are symbolic,
-input shapes are checked before anything is made at them."""
+"""Shapes: dims stored as -1 are symbolic, input shapes are checked before anything is made at them."""
 
 from __future__ import annotations
 
 import json
-import os
 
-import numpy as np
 import onnx
 import pytest
+from graphs import chain, f32, model, save
 from onnx import TensorProto, helper
 
-from graphs import chain, f32, model, save
 from onnxsplit.cli.main import main
-from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.errors import UsageError
 from onnxsplit.model import load_model
-from onnxsplit.shapes import (check_input_memory, concrete_types, fixed_dim, parse_input_shapes,
-                              resolve_input_shapes)
+from onnxsplit.shapes import (
+    check_input_memory,
+    concrete_types,
+    fixed_dim,
+    parse_input_shapes,
+    resolve_input_shapes,
+)
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -40,100 +42,6 @@ def _one_error_line(code, err, *needles):
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# External data
-
-
-def _external_model(folder, location, *, offset=None, length=None, dims=(4,)):
-    """A model whose weight W (float32, ``dims``) is stored externally at ``location``."""
-    w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=list(dims))
-    w.data_location = TensorProto.EXTERNAL
-    w.external_data.add(key="location", value=location)
-    if offset is not None:
-        w.external_data.add(key="offset", value=str(offset))
-    if length is not None:
-        w.external_data.add(key="length", value=str(length))
-    nodes = [helper.make_node("Add", ["x", "W"], ["y"], name="add")]
-    m = model(nodes, [f32("x", list(dims))], [f32("y", list(dims))], [w])
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "m.onnx"
-    onnx.save_model(m, str(path))
-    return path
-
-
-def test_external_data_inside_the_folder_loads(tmp_path):
-    folder = tmp_path / "model"
-    path = _external_model(folder, "w.bin")
-    (folder / "w.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    assert load_model(path).graph.initializer[0].name == "W"
-    # A link that stays inside the folder is fine.
-    (folder / "data").mkdir()
-    os.replace(folder / "w.bin", folder / "data" / "w.bin")
-    (folder / "w-link.bin").symlink_to(folder / "data" / "w.bin")
-    assert load_model(_external_model(folder, "w-link.bin")).graph.initializer[0].name == "W"
-
-
-@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink", "dotdot-inside"])
-def test_external_data_outside_the_folder_is_refused(tmp_path, where):
-    outside = tmp_path / "secret.bin"
-    outside.write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    folder = tmp_path / "model"
-    folder.mkdir()
-    location = {"dotdot": "../secret.bin", "absolute": str(outside), "symlink": "link.bin",
-                "dotdot-inside": "sub/../../secret.bin"}[where]
-    if where == "symlink":
-        (folder / "link.bin").symlink_to(outside)
-    path = _external_model(folder, location)
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    message = _one_line(exc)
-    assert "outside the model's folder" in message and "'W'" in message and "m.onnx" in message
-
-
-def test_etc_passwd_is_refused_by_the_cli(tmp_path, capsys):
-    path = _external_model(tmp_path / "a" / "b" / "c", "../../../../../../../../etc/passwd")
-    code, err = _cli(["split", path, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"], capsys)
-    _one_error_line(code, err, "outside the model's folder", "'W'")
-    assert not (tmp_path / "out").exists()
-
-
-def test_truncated_and_missing_external_data(tmp_path):
-    folder = tmp_path / "model"
-    path = _external_model(folder, "w.bin", offset=8, length=16)
-    (folder / "w.bin").write_bytes(b"\0" * 20)  # 8 + 16 = 24 bytes needed
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    message = _one_line(exc)
-    assert "truncated" in message and "'W'" in message and "'w.bin'" in message and "20" in message
-    # Without a length, the tensor's dims say how many bytes it needs.
-    path = _external_model(folder, "w.bin", dims=(8,))
-    (folder / "w.bin").write_bytes(b"\0" * 16)
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    assert "truncated" in _one_line(exc)
-    (folder / "w.bin").write_bytes(b"\0" * 32)
-    assert load_model(path)
-    path = _external_model(folder, "nothing.bin")
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    message = _one_line(exc)
-    assert "'nothing.bin'" in message and "'W'" in message and "missing" in message
-    path = _external_model(folder, "w.bin", offset="-3")
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    assert "offset" in _one_line(exc)
-
-
-def test_external_data_symlink_loop(tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "a.bin").symlink_to(folder / "b.bin")
-    (folder / "b.bin").symlink_to(folder / "a.bin")
-    with pytest.raises(ModelError) as exc:
-        load_model(_external_model(folder, "a.bin"))
-    assert "'a.bin'" in _one_line(exc)
 
 
 # ---------------------------------------------------------------------------------------------
