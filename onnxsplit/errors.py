@@ -34,3 +34,7 @@ class UsageError(OnnxSplitError):
 
 class OutputError(OnnxSplitError):
     """An output path cannot be written: it holds files onnxsplit did not write, is not a folder, or is not writable."""
+
+
+class OutputExists(UsageError):
+    """The output folder exists and replacing it was not asked for."""

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxsplit.errors import OutputError, UsageError
+from onnxsplit.errors import OutputError, OutputExists
 from onnxsplit.fileio import write_json_atomic
 from onnxsplit.manifest import FILENAME as MANIFEST_FILE
 from onnxsplit.manifest import FORMAT as MANIFEST_FORMAT
@@ -143,7 +143,7 @@ def check_outdir(outdir: str | os.PathLike, *, force: bool = False) -> Path:
         clean_stale(target.parent)
     if os.path.lexists(target):
         if not force:
-            raise UsageError(f"{outdir} already exists (use --force to replace it)")
+            raise OutputExists(f"{outdir} already exists (ask to replace it with force)")
         if not target.is_dir():
             raise OutputError(f"{outdir}: not a folder; not replaced")
         check_replaceable(target)

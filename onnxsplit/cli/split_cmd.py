@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxsplit.choices import CONTIGUOUS_SOLVERS
 from onnxsplit.cli import common
-from onnxsplit.errors import UsageError
+from onnxsplit.errors import OutputExists, UsageError
 
 
 def add_parser(sub) -> None:
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             common.print_json(_document(args, result, rounds))
         else:
             _print_tables(args, result, rounds)
+    except OutputExists:
+        raise UsageError(f"{outdir} already exists (use --force to replace it)") from None
     except KeyboardInterrupt:
         now = _manifest_state(outdir)
         if now is not None and now != before:

@@ -89,10 +89,12 @@ def _interrupt(argv: list[str], *, after_import: str, delay: float, cache) -> tu
     return proc.returncode, [x.rstrip("\n") for x in lines]
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
-def test_ctrl_c_while_starting(tmp_path, delay):
+@pytest.mark.parametrize("module", ["onnxsplit.cli.main", "onnxsplit.cli.split_cmd", "onnx", "onnxruntime"])
+def test_ctrl_c_while_starting(tmp_path, module):
+    """Interrupted at points of the start-up itself (right after each of these imports), not after a delay:
+    a split of this model can finish within a fraction of a second on a fast machine."""
     argv = ["split", str(MODELS / "transformer.onnx"), "--input-shape", "input_ids:4x32", "-o", str(tmp_path / "out")]
-    code, lines = _interrupt(argv, after_import="onnxsplit.cli.main", delay=delay, cache=tmp_path / "cache")
+    code, lines = _interrupt(argv, after_import=module, delay=0.0, cache=tmp_path / "cache")
     # A warning may come first (profiling on a busy machine says so); then the one line, and nothing else.
     lines = [x for x in lines if not x.startswith("onnxsplit: warning: ")]
     assert code == 130 and lines == ["onnxsplit: interrupted"], lines
