@@ -9,22 +9,46 @@ device k of ``devices.expanded()``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from onnxsplit.costgraph import CostGraph
-from onnxsplit.devices import Devices
+from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve.plan import Plan, Solver, make_plan, simple_lower_bound
 
 
-def _range_loads(graph: CostGraph, i: int, compute_prefix: np.ndarray, mem_prefix: np.ndarray,
-                 prod: np.ndarray, last: np.ndarray, cost: np.ndarray, pair_t: np.ndarray, pair_c: np.ndarray,
-                 communicates: bool, memory: float) -> np.ndarray:
-    """Load of ranges [i, j) for every j in i+1..n, as an array indexed by j (entries < i+1 unused)."""
-    n = graph.n
+@dataclass(frozen=True)
+class _Arrays:
+    """The graph as arrays over the node order: who makes each tensor, who reads it last, what it costs."""
+
+    n: int
+    prod: np.ndarray  # per tensor, its producer
+    last: np.ndarray  # per tensor, its last reader
+    cost: np.ndarray  # per tensor, its transfer cost
+    pair_t: np.ndarray  # (tensor, reader) pairs: the tensor ...
+    pair_c: np.ndarray  # ... and the reader
+    mem_prefix: np.ndarray  # memory of nodes [0, j)
+
+    @classmethod
+    def of(cls, graph: CostGraph) -> _Arrays:
+        return cls(
+            n=graph.n,
+            prod=np.array([t.producer for t in graph.tensors], dtype=np.int64),
+            last=np.array([max(t.consumers) for t in graph.tensors], dtype=np.int64),
+            cost=np.array([t.cost for t in graph.tensors], dtype=np.float64),
+            pair_t=np.array([k for k, t in enumerate(graph.tensors) for _ in t.consumers], dtype=np.int64),
+            pair_c=np.array([c for t in graph.tensors for c in t.consumers], dtype=np.int64),
+            mem_prefix=np.concatenate([[0.0], np.cumsum(graph.memory)]),
+        )
+
+
+def _range_loads(g: _Arrays, i: int, compute_prefix: np.ndarray, kind: DeviceKind) -> np.ndarray:
+    """Load of ranges [i, j) on ``kind`` for every j in i+1..n, as an array indexed by j (entries < i+1 unused)."""
+    n, prod, last, cost, pair_t, pair_c = g.n, g.prod, g.last, g.cost, g.pair_t, g.pair_c
     load = compute_prefix - compute_prefix[i]
-    if communicates:
+    if kind.communicates:
         # Receive: tensors made before i, first read at or after i, count from their first such reader on.
         sel = (prod[pair_t] < i) & (pair_c >= i)
         if sel.any():
@@ -41,8 +65,8 @@ def _range_loads(graph: CostGraph, i: int, compute_prefix: np.ndarray, mem_prefi
             np.add.at(send, prod[mine] + 1, cost[mine])
             np.add.at(send, last[mine] + 1, -cost[mine])
             load = load + np.cumsum(send)[: n + 1]
-    mem = mem_prefix - mem_prefix[i]
-    load = np.where(mem > memory, np.inf, load)
+    mem = g.mem_prefix - g.mem_prefix[i]
+    load = np.where(mem > kind.memory, np.inf, load)
     load[: i + 1] = np.inf
     return load
 
@@ -54,12 +78,7 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
     n = graph.n
     kinds = devices.expanded()
     ndev = len(kinds)
-    prod = np.array([t.producer for t in graph.tensors], dtype=np.int64)
-    last = np.array([max(t.consumers) for t in graph.tensors], dtype=np.int64)
-    cost = np.array([t.cost for t in graph.tensors], dtype=np.float64)
-    pair_t = np.array([k for k, t in enumerate(graph.tensors) for _ in t.consumers], dtype=np.int64)
-    pair_c = np.array([c for t in graph.tensors for c in t.consumers], dtype=np.int64)
-    mem_prefix = np.concatenate([[0.0], np.cumsum(graph.memory)])
+    arrays = _Arrays.of(graph)
     prefixes = {k.name: np.concatenate([[0.0], np.cumsum(graph.compute[k.name])]) for k in devices.kinds}
     # best[k][j]: min max-load of nodes [0, j) on devices 0..k-1, argbest its last cut.
     best = np.full((ndev + 1, n + 1), np.inf)
@@ -80,8 +99,7 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
             kind = kinds[k]
             key = kind.name
             if key not in cache:
-                cache[key] = _range_loads(graph, i, prefixes[key], mem_prefix, prod, last, cost, pair_t, pair_c,
-                                          kind.communicates, kind.memory)
+                cache[key] = _range_loads(arrays, i, prefixes[key], kind)
             cand = np.maximum(cache[key], best[k, i])
             cand[blocked] = np.inf
             better = cand < best[k + 1]
