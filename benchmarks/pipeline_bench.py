@@ -42,7 +42,8 @@ from rich.table import Table
 from onnxsplit.graphinfo import graph_info
 from onnxsplit.manifest import load_manifest
 from onnxsplit.model import load_model
-from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.feeds import random_feeds
+from onnxsplit.ortutil import make_session
 from onnxsplit.runtime.bench import BenchResult, bench
 from onnxsplit.runtime.sessions import HostRunner, open_session
 from onnxsplit.runtime.specs import stage_specs

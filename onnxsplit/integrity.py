@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from onnxsplit.errors import ModelError
 from onnxsplit.manifest import FILENAME, Manifest, TensorSpec
 from onnxsplit.model import Model, external_info, is_external, stored_tensors
-from onnxsplit.ortutil import dtype_name
+from onnxsplit.valuetypes import dtype_name
 
 _Declared = dict[str, tuple[str | None, int | None]]  # name -> (dtype, rank) as a model file declares it
 

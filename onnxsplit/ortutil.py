@@ -1,28 +1,24 @@
-"""onnxruntime sessions, input feeds, and running a model with extra outputs.
+"""onnxruntime sessions, running a model with extra outputs, and whether onnxruntime can run a model at all.
 
-onnxruntime reports a problem twice: as an exception, and as a coloured,
-multi-line entry in its own log on the terminal. Sessions built here keep
-the log quiet (:data:`QUIET`) and every onnxruntime exception becomes one
-:class:`~onnxsplit.errors.ModelError` line that names the node, when
-onnxruntime names one or the model lets us find it (:func:`ort_errors`).
+Sessions built here keep onnxruntime's own log quiet (:data:`QUIET`); its
+exceptions become one line (:mod:`onnxsplit.orterrors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from onnxsplit.errors import ModelError, UsageError
+from onnxsplit.feeds import check_feeds
 from onnxsplit.model import Model
+from onnxsplit.orterrors import is_ort_error, ort_errors, ort_failure, ort_message
 from onnxsplit.providers import CPU, require_available, resolve_provider
 
 if TYPE_CHECKING:
@@ -40,15 +36,6 @@ def onnxruntime():
 
     ort.set_default_logger_severity(3)
     return ort
-
-
-def dtype_name(elem_type: int) -> str:
-    """onnx element type -> numpy dtype name, for manifests and random feeds."""
-    if elem_type == onnx.TensorProto.STRING:
-        return "str"
-    if elem_type == onnx.TensorProto.BFLOAT16:
-        return "bfloat16"
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
 
 
 def session_options(*, threads: int = 1, spin: bool = True, log_severity: int = 3,
@@ -88,115 +75,6 @@ def session_options(*, threads: int = 1, spin: bool = True, log_severity: int = 
                                       f"{Path(optimized_model).stem}.data")
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return opts
-
-
-# ---------------------------------------------------------------------------------------------
-# onnxruntime's errors as one line
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_STATUS = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
-_SOURCE = re.compile(r"(?:[A-Za-z]:)?[/\\]\S+\.(?:h|hpp|cc|cpp|cu|c):\d+\s+")
-_RUNNING = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message:\s*")
-_IN_NODE = re.compile(r'In Node, \("([^"]*)", ([^,]+), "([^"]*)", -?\d+\) : .*? , Error\s*')
-_NODE_OP = re.compile(r"Node \(([^)]*)\) Op \(([^)]*)\)\s*")
-_UNREGISTERED = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\) is not a registered function/op")
-_NO_OP = re.compile(r"No Op registered for (\w+) with domain_version of \d+")
-_INPUT = re.compile(r"Node input '([^']*)' is not a graph input")
-
-
-def _drop_signatures(text: str) -> str:
-    """Remove ``/src/file.h:12 void ns::f(args)`` source locations onnxruntime puts before its messages."""
-    out, pos = [], 0
-    for m in _SOURCE.finditer(text):
-        if m.start() < pos:
-            continue
-        out.append(text[pos:m.start()])
-        pos = m.end()
-        # A C++ signature (``void ns::Class::f``) follows: skip it through its balanced argument list.
-        open_at = text.find("(", pos)
-        if open_at < 0 or "::" not in text[pos:open_at]:
-            continue
-        depth = 0
-        for i in range(open_at, len(text)):
-            depth += {"(": 1, ")": -1}.get(text[i], 0)
-            if depth == 0:
-                qualifier = re.match(r"\s*(?:const|noexcept|override)\b", text[i + 1:])
-                pos = i + 1 + (qualifier.end() if qualifier else 0)
-                break
-    out.append(text[pos:])
-    return re.sub(r"\s+", " ", "".join(out)).strip()
-
-
-def ort_message(exc: BaseException) -> str:
-    """An onnxruntime exception's message as one plain line: first line, no colours, no status or source prefix."""
-    text = _ANSI.sub("", str(exc)).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    first = _drop_signatures(_STATUS.sub("", first))
-    return first or type(exc).__name__
-
-
-def _node_named(proto: onnx.ModelProto | None, *, op: str = "", domain: str = "", reads: str = "") -> str | None:
-    """The first node of the main graph with this op (and domain) or reading this tensor."""
-    if proto is None:
-        return None
-    for node in proto.graph.node:
-        if reads and reads in node.input:
-            return f"{node.name!r} ({node.op_type})"
-        if op and node.op_type == op and (not domain or node.domain == domain):
-            return f"{node.name!r} ({f'{node.domain}:' if node.domain else ''}{node.op_type})"
-    return None
-
-
-def ort_failure(exc: BaseException, *, label: str, model: onnx.ModelProto | None = None) -> ModelError:
-    """One ModelError line for onnxruntime refusing to load or run a model.
-
-    ``label`` names the model (a file name). The line names the node where
-    onnxruntime names it, or where ``model`` shows which node it means (an
-    unregistered op, an input nothing produces), then onnxruntime's cause.
-    """
-    message = ort_message(exc)
-    node = None
-    for pattern in (_RUNNING, _IN_NODE):
-        m = pattern.search(message)
-        if m:
-            name, op = (m.group(2), m.group(1)) if pattern is _RUNNING else (m.group(1), m.group(2).strip())
-            node = f"{name!r} ({op})"
-            message = message[:m.start()] + message[m.end():]
-            break
-    if node is None:
-        m = _NODE_OP.search(message)
-        if m:
-            node = f"{m.group(1)!r} ({m.group(2)})"
-            message = message[:m.start()] + message[m.end():]
-    if node is None:
-        m = _UNREGISTERED.search(message) or _NO_OP.search(message)
-        if m and m.re is _UNREGISTERED:
-            node = _node_named(model, op=m.group(2), domain=m.group(1) or "")
-        elif m:
-            node = _node_named(model, op=m.group(1))
-    if node is None:
-        m = _INPUT.search(message)
-        if m:
-            node = _node_named(model, reads=m.group(1))
-    message = re.sub(r"^(?:Fatal error|Error|Exception during initialization):\s*", "", message.strip(" ,:"))
-    where = f"node {node}: " if node else ""
-    return ModelError(f"{label}: onnxruntime cannot run the model: {where}{message or type(exc).__name__}")
-
-
-def is_ort_error(exc: BaseException) -> bool:
-    """Whether onnxruntime raised it (its exceptions live in its compiled module)."""
-    return type(exc).__module__.startswith("onnxruntime")
-
-
-@contextlib.contextmanager
-def ort_errors(label: str, *, model: onnx.ModelProto | None = None) -> Iterator[None]:
-    """Turn onnxruntime's exceptions inside into one ModelError line (see :func:`ort_failure`)."""
-    try:
-        yield
-    except Exception as exc:
-        if not is_ort_error(exc):
-            raise
-        raise ort_failure(exc, label=label, model=model) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,109 +149,6 @@ def check_provider_options(provider: str, options: Mapping[str, str]) -> None:
     if unknown:
         known = ", ".join(sorted(session.get_provider_options().get(provider, {}))) or "none"
         raise UsageError(f"{provider} has no option {unknown[0]!r} (its options: {known})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Feeds
-
-
-def random_array(dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Random values safe for any model: small non-negative ints, bools, floats in [-1, 1)."""
-    if dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype.startswith(("int", "uint")):
-        # Small ids stay inside any vocabulary or gather range a test model has.
-        return rng.integers(0, 4, size=shape).astype(dtype)
-    if dtype == "str":
-        return np.array(rng.integers(0, 10, size=shape).astype(str), dtype=object)
-    return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-
-
-def random_feeds(specs: list[tuple[str, str, tuple[int, ...]]], *, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {name: random_array(dtype, shape, rng) for name, dtype, shape in specs}
-
-
-def load_feeds(path: str | os.PathLike, expected: list[str]) -> dict[str, np.ndarray]:
-    """Arrays of an .npz file, one for each name in ``expected`` and no others; UsageError naming the file."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise UsageError(f"{path}: not a readable .npz file of input arrays ({exc})") from None
-    except Exception as exc:  # a damaged zip member (BadZipFile, zlib.error) is a bad file, not a bug
-        raise UsageError(f"{path}: not a readable .npz file of input arrays ({type(exc).__name__}: {exc})") from None
-    _check_names(feeds, expected, where=str(path))
-    return feeds
-
-
-def _check_names(feeds: Mapping[str, object], expected: Sequence[str], *, where: str) -> None:
-    """UsageError unless ``feeds`` has an entry for every expected input and nothing else."""
-    missing = [n for n in expected if n not in feeds]
-    if missing:
-        raise UsageError(f"{where}: no array for model input {missing[0]!r} (has {sorted(feeds)})")
-    extra = sorted(set(feeds) - set(expected))
-    if extra:
-        raise UsageError(f"{where}: {extra[0]!r} is not an input of the model (inputs: {sorted(expected)})")
-
-
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape)) or "a scalar"
-
-
-def check_feeds(model: Model, feeds: Mapping[str, np.ndarray], *,
-                shapes: Mapping[str, tuple[int, ...]] = MappingProxyType({}), where: str = "the inputs") -> None:
-    """Raise UsageError (one line, prefixed ``where``) unless ``feeds`` fit the model's inputs.
-
-    Checks, in order: an array for every input and none for anything else,
-    each array's dtype against the input's element type, its rank, the dims
-    the model fixes, and, for inputs in ``shapes``, the whole shape.
-    """
-    from onnxsplit.shapes import fixed_dim
-
-    inputs = {vi.name: vi for vi in model.inputs}
-    _check_names(feeds, list(inputs), where=where)
-    for name, vi in inputs.items():
-        if vi.type.WhichOneof("value") != "tensor_type":
-            continue  # a sequence, optional or map: onnxruntime checks its elements
-        array = np.asarray(feeds[name])
-        tt = vi.type.tensor_type
-        if tt.elem_type:
-            want = dtype_name(tt.elem_type)
-            ok = array.dtype.kind in "OUS" if want == "str" else array.dtype.name == want
-            if not ok:
-                raise UsageError(f"{where}: input {name!r} is an array of {array.dtype.name}, the model takes {want}")
-        if tt.HasField("shape"):
-            dims = tt.shape.dim
-            if array.ndim != len(dims):
-                raise UsageError(f"{where}: input {name!r} has rank {array.ndim} ({_dims(array.shape)}), "
-                                 f"the model takes rank {len(dims)}")
-            for axis, (d, have) in enumerate(zip(dims, array.shape)):
-                fixed = fixed_dim(d)
-                if fixed is not None and fixed != have:
-                    raise UsageError(f"{where}: input {name!r} has {have} in dim {axis}, the model fixes it to "
-                                     f"{fixed}")
-        if name in shapes and tuple(array.shape) != tuple(shapes[name]):
-            raise UsageError(f"{where}: input {name!r} has shape {_dims(array.shape)}, expected "
-                             f"{_dims(shapes[name])}")
-
-
-def model_feeds(model: Model, shapes: Mapping[str, tuple[int, ...]], *,
-                feeds: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """The arrays to run ``model`` on: the user's ``feeds``, checked, or seeded random ones at ``shapes``.
-
-    ``shapes`` holds a concrete shape for every model input (see
-    :func:`onnxsplit.shapes.resolve_input_shapes`). User feeds must fit the
-    model and these shapes (:func:`check_feeds`); random ones are small
-    non-negative integers, bools or floats in [-1, 1) (:func:`random_array`).
-    Values that steer control flow (an ``If`` condition, a ``Loop`` count)
-    are only right in the user's feeds.
-    """
-    if feeds is not None:
-        check_feeds(model, feeds, shapes=shapes)
-        return {vi.name: np.asarray(feeds[vi.name]) for vi in model.inputs}
-    specs = [(vi.name, dtype_name(vi.type.tensor_type.elem_type), tuple(shapes[vi.name])) for vi in model.inputs]
-    return random_feeds(specs, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import onnx
 
 from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.model import Model, light_copy
-from onnxsplit.ortutil import dtype_name, load_feeds, random_feeds, run_with_outputs
+from onnxsplit.feeds import load_feeds, random_feeds
+from onnxsplit.ortutil import run_with_outputs
+from onnxsplit.valuetypes import dtype_name
 from onnxsplit.shapes import TensorType
 from onnxsplit.valuetypes import has_type, is_tensor_type, type_name, type_of_value
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from onnxsplit.manifest import load_manifest
 from onnxsplit.model import load_model
-from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.feeds import random_feeds
+from onnxsplit.ortutil import make_session
 from onnxsplit.validation import run_stages
 
 

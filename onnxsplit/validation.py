@@ -22,7 +22,9 @@ from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.integrity import check_source_model, check_stage_files
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.model import Model, check_source, load_model
-from onnxsplit.ortutil import check_feeds, load_feeds, make_session, ort_errors, random_feeds, run_with_outputs
+from onnxsplit.feeds import check_feeds, load_feeds, random_feeds
+from onnxsplit.orterrors import ort_errors
+from onnxsplit.ortutil import make_session, run_with_outputs
 from onnxsplit.valuetypes import is_tensor_dtype
 
 # fp16 carries ~3 significant digits (unit roundoff 4.9e-4); a boundary that

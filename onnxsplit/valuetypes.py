@@ -27,8 +27,6 @@ NON_TENSOR_PREFIXES = ("seq(", "optional(", "map(", "sparse(")
 
 def type_name(tp: onnx.TypeProto) -> str | None:
     """The manifest's name for a value of type ``tp``; None when inference left its element type unknown."""
-    from onnxsplit.ortutil import dtype_name
-
     kind = tp.WhichOneof("value")
     if kind == "tensor_type":
         return dtype_name(tp.tensor_type.elem_type) if tp.tensor_type.elem_type else None
@@ -96,3 +94,15 @@ def _elem_type(array: Any) -> int:
     if array.dtype == object or array.dtype.kind in "US":
         return onnx.TensorProto.STRING
     return onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+def dtype_name(elem_type: int) -> str:
+    """onnx element type -> numpy dtype name, for manifests and random feeds."""
+    import numpy as np
+    import onnx
+
+    if elem_type == onnx.TensorProto.STRING:
+        return "str"
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name

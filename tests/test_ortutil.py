@@ -12,16 +12,9 @@ from onnxsplit.cli.main import main
 from onnxsplit.devices import DeviceKind, Devices, identical_devices
 from onnxsplit.errors import ModelError, UsageError
 from onnxsplit.model import load_model
-from onnxsplit.ortutil import (
-    check_feeds,
-    check_provider_options,
-    check_runnable,
-    make_session,
-    model_feeds,
-    ort_message,
-    run_with_outputs,
-    session_options,
-)
+from onnxsplit.feeds import check_feeds, model_feeds
+from onnxsplit.orterrors import ort_message
+from onnxsplit.ortutil import check_provider_options, check_runnable, make_session, run_with_outputs, session_options
 
 
 def test_session_options(tmp_path):

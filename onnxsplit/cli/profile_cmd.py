@@ -42,7 +42,7 @@ def parse_provider_options(specs: list[str]) -> dict[str, str]:
 
 def _shapes_and_feeds(model, args: argparse.Namespace):
     """Input shapes from --input-shape, completed (and checked) by the arrays of --inputs."""
-    from onnxsplit.ortutil import check_feeds, load_feeds
+    from onnxsplit.feeds import check_feeds, load_feeds
 
     shapes = common.input_shapes(args.input_shape)
     if args.inputs is None:

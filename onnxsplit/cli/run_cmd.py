@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     out = common.check_output_file(args.output, force=args.force)
     from onnxsplit.fileio import save_npz_atomic
     from onnxsplit.manifest import load_manifest
-    from onnxsplit.ortutil import load_feeds
+    from onnxsplit.feeds import load_feeds
     from onnxsplit.runtime import Pipeline
 
     manifest = load_manifest(args.outdir)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxsplit.model import Model
-from onnxsplit.ortutil import check_feeds
+from onnxsplit.feeds import check_feeds
 from onnxsplit.profile import measure  # by module, so that a test can count the measurements
 from onnxsplit.profile.store import (Profile, ProfileError, load_profile, profile_from_dict, profile_to_dict,
                                      save_profile)

@@ -29,8 +29,9 @@ import onnx
 from onnxsplit.errors import UsageError
 from onnxsplit.graphinfo import GraphInfo, graph_info
 from onnxsplit.model import Model, tensor_nbytes
-from onnxsplit.ortutil import (QUIET, check_provider_options, make_session, model_feeds, onnxruntime, ort_errors,
-                               session_options)
+from onnxsplit.feeds import model_feeds
+from onnxsplit.orterrors import ort_errors
+from onnxsplit.ortutil import QUIET, check_provider_options, make_session, onnxruntime, session_options
 from onnxsplit.profile.attribute import Attribution, Kernel, attribute, kernels_of
 from onnxsplit.profile.estimate import estimate_node_ms, node_flops
 from onnxsplit.profile.store import NodeTime, Profile

@@ -20,7 +20,7 @@ from onnxsplit.errors import InfeasibleError
 from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
                                 StageInput, StageOutput, TensorSpec)
 from onnxsplit.model import tensor_nbytes
-from onnxsplit.ortutil import dtype_name
+from onnxsplit.valuetypes import dtype_name
 from onnxsplit.outdir import output_folder
 from onnxsplit.planfile import save_plan
 from onnxsplit.prepared import Loaded, Prepared

@@ -31,7 +31,8 @@ import numpy as np
 from onnxsplit.errors import UsageError
 from onnxsplit.manifest import TensorSpec, load_manifest
 from onnxsplit.model import check_source
-from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.feeds import random_feeds
+from onnxsplit.ortutil import make_session
 from onnxsplit.valuetypes import is_tensor_dtype
 from onnxsplit.runtime.pipeline import Pipeline, StageStats
 

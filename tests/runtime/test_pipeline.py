@@ -23,7 +23,8 @@ from conftest import MODELS
 from graphs import chain, f32, save
 from onnxsplit.cli.main import main
 from onnxsplit.errors import OnnxSplitError, UsageError
-from onnxsplit.ortutil import make_session, random_feeds
+from onnxsplit.feeds import random_feeds
+from onnxsplit.ortutil import make_session
 from onnxsplit.runtime import FeedError, Pipeline, StageError
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session
