@@ -61,6 +61,27 @@ def test_a_sequence_crosses_a_stage_boundary(tmp_path):
     assert [s.tensors_only for s in specs] == [False, False] and not any(s.on_device for s in specs)
 
 
+def test_an_optional_crosses_a_stage_boundary(tmp_path):
+    """x -> Relu -> Optional -> (stage cut) -> OptionalGetElement -> Neg -> y."""
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Optional", ["r"], ["o"], name="wrap", type=element),
+             helper.make_node("OptionalGetElement", ["o"], ["g"], name="unwrap"),
+             helper.make_node("Neg", ["g"], ["y"], name="neg")]
+    src = save(model(nodes, [f32("x", [2])], [f32("y", [2])], opset=18), tmp_path / "opt.onnx")
+    mapping = {"relu": 0, "wrap": 0, "unwrap": 1, "neg": 1}
+    result = split(src, tmp_path / "out", devices=2, plan=_plan(tmp_path / "p.json", mapping), costs="estimate")
+    for stage in result.manifest.stages:
+        onnx.checker.check_model(str(tmp_path / "out" / stage.file), full_check=True)
+    (o,) = result.manifest.handoffs
+    assert (o.name, o.dtype, o.producer, o.consumers) == ("o", "optional(float32)", 0, (1,))
+    feeds = {"x": np.array([-1.0, 2.0], np.float32)}
+    report = validate(tmp_path / "out", inputs_path=feeds, check_handoffs=True)
+    assert report.passed and [c.name for c in report.handoffs] == ["o"]
+    with Pipeline(tmp_path / "out") as pipe:
+        assert np.array_equal(pipe.run(feeds)["y"], np.array([0.0, -2.0], np.float32))
+
+
 def test_sequence_and_optional_graph_inputs_and_outputs(tmp_path):
     nodes = [
         helper.make_node("SequenceInsert", ["s", "x"], ["s2"], name="insert"),
