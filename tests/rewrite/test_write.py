@@ -147,6 +147,26 @@ def test_a_failed_probe_is_one_line_that_asks_for_representative_inputs(tmp_path
         assert validate(out, inputs_path=feeds).passed
 
 
+def test_a_failed_probe_still_splits_where_shape_inference_gives_the_type(tmp_path, caplog, monkeypatch):
+    """Random indices fall outside a one-row table, so no run works; shape inference gives the hand-off's type and rank
+    (NonZero: int64, 2 x unknown), and that is enough to split."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("onnxsplit"), "propagate", True)  # the CLI's tests may have turned it off
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["g"], name="gather"),
+             helper.make_node("NonZero", ["g"], ["nz"], name="nonzero"),
+             helper.make_node("Transpose", ["nz"], ["y"], name="transpose")]
+    src = save(model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [8])],
+                     [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 2])],
+                     [helper.make_tensor("table", TensorProto.FLOAT, [1, 3], [1.0, 0.0, 3.0])]), tmp_path / "nz.onnx")
+    plan = _plan(tmp_path / "p.json", {"gather": 0, "nonzero": 0, "transpose": 1})
+    result = split(src, tmp_path / "out", devices=2, plan=plan, costs="estimate")
+    (nz,) = result.manifest.handoffs
+    assert (nz.name, nz.dtype, nz.shape[0]) == ("nz", "int64", 2) and len(nz.shape) == 2
+    assert "could not run the model" in caplog.text and "representative inputs would size them" in caplog.text
+    assert validate(tmp_path / "out", inputs_path={"ids": np.zeros(8, np.int64)}, check_handoffs=True).passed
+
+
 def test_representative_inputs_fix_the_input_shapes(tmp_path):
     src, plan = _value_steered(tmp_path, 3)
     feeds = {"x": np.ones((2, 3, 4), np.float32), "axes": np.array([2])}
