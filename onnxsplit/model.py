@@ -391,7 +391,10 @@ def load_model(path: str | os.PathLike) -> Model:
     nodes are in topological order; dims stored as negative numbers are
     unknown (symbolic) dims.
     """
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: RuntimeError before Python 3.13, OSError since
+        raise ModelError(f"{path}: cannot follow symlink (a symlink loop)") from None
     proto = _read_proto(path)
     _check_external_files(proto, path.parent, path)
     unfixed = _unfix_negative_dims(proto.graph)

@@ -395,13 +395,19 @@ def output_folder(outdir: str | os.PathLike, *, force: bool = False) -> Iterator
     """A scratch folder to write a split into, moved to ``outdir`` when the block ends without error.
 
     On any error, the block's or the move's, the scratch folder and the
-    parents created for it are removed and ``outdir`` is as it was.
+    parents created for it are removed and ``outdir`` is as it was. An
+    OSError of the block (a full disk, a quota, a file system gone
+    read-only) is raised as OutputError naming ``outdir``.
     """
     target = resolve_outdir(outdir)
     scratch = make_scratch(target.parent, target=target.name)
     try:
         yield scratch.path
         place(scratch.path, target, force=force)
+    except OSError as exc:
+        discard(scratch)
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise OutputError(f"{target}: cannot write the split ({where}{exc.strerror or exc})") from None
     except BaseException:
         discard(scratch)
         raise

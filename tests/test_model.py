@@ -150,3 +150,16 @@ def test_external_data_symlink_loop(tmp_path):
     with pytest.raises(ModelError) as exc:
         load_model(_external_model(folder, "a.bin"))
     assert "'a.bin'" in _one_line(exc)
+
+
+def test_a_symlink_loop_as_the_model_path(tmp_path, capsys):
+    (tmp_path / "m.onnx").symlink_to(tmp_path / "n.onnx")
+    (tmp_path / "n.onnx").symlink_to(tmp_path / "m.onnx")
+    with pytest.raises(ModelError) as exc:
+        load_model(tmp_path / "m.onnx")
+    assert "m.onnx" in _one_line(exc) and "symlink loop" in _one_line(exc)
+    for command in (["split", tmp_path / "m.onnx", "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"],
+                    ["profile", tmp_path / "m.onnx", "-o", tmp_path / "p.json"]):
+        code, err = _cli(command, capsys)
+        _one_error_line(code, err, "m.onnx", "symlink loop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "n.onnx"]

@@ -515,3 +515,52 @@ def test_outdir_created_by_someone_else_meanwhile(good, tmp_path, monkeypatch, c
     _one_line(code, err, str(out))
     assert _snapshot(out) == {"theirs.txt": b"theirs"}
     assert _scratch(tmp_path) == []
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(good, tmp_path, monkeypatch, capsys):
+    """The disk fills up while the stages are written: one line, no OUTDIR, no scratch, no parent it created."""
+    import onnx
+
+    def full(proto, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(onnx, "save_model", full)
+    out = tmp_path / "a" / "b" / "out"
+    code, err = _run(["split", good, "-o", out, *SPLIT], capsys)
+    _one_line(code, err, "No space left on device")
+    assert str(out) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    # With --force over a previous split: the previous split stays as it was.
+    monkeypatch.undo()
+    assert _split(good, tmp_path / "out") == 0
+    before = _snapshot(tmp_path / "out")
+    monkeypatch.setattr(onnx, "save_model", full)
+    code, err = _run(["split", good, "-o", tmp_path / "out", "--force", *SPLIT], capsys)
+    _one_line(code, err, "No space left on device")
+    assert _snapshot(tmp_path / "out") == before and _scratch(tmp_path) == []
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """A folder even root cannot write into (chattr +i); skipped where the file system or the user cannot set it."""
+    folder = tmp_path / "immutable"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    except OSError:
+        pytest.skip("no chattr here")
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i refused: {done.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_an_immutable_parent(good, immutable, capsys):
+    for flags in ([], ["--force"]):
+        code, err = _run(["split", good, "-o", immutable / "out", *SPLIT, *flags], capsys)
+        _one_line(code, err, str(immutable))
+        assert list(immutable.iterdir()) == []
+    # The immutable folder as OUTDIR: an empty folder --force may replace, but it cannot be moved aside.
+    code, err = _run(["split", good, "-o", immutable, "--force", *SPLIT], capsys)
+    _one_line(code, err, str(immutable))
+    assert list(immutable.iterdir()) == [] and _scratch(immutable.parent) == []

@@ -142,7 +142,25 @@ def _defined_twice(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make, needle", [(_unknown_op, "node 'frob' (com.example:Frobnicate)"), (_defined_twice, "'a'")])
+def _unrunnable(name, *, inputs=("x",), outputs=("y",), **kwargs):
+    """Relu, Neg: a model that is wrong only in the way ``kwargs`` or the names of its inputs and outputs make it."""
+    def make(tmp_path):
+        nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"), helper.make_node("Neg", ["a"], ["y"], name="n")]
+        path = tmp_path / f"{name}.onnx"
+        onnx.save_model(model(nodes, [f32(i, [2, 3]) for i in inputs], [f32(o, [2, 3]) for o in outputs], **kwargs),
+                        str(path))
+        return path
+    return make
+
+
+@pytest.mark.parametrize("make, needle", [
+    (_unknown_op, "node 'frob' (com.example:Frobnicate)"),
+    (_defined_twice, "'a'"),
+    (_unrunnable("opset", opset=onnx.defs.onnx_opset_version() + 50), "is newer than"),
+    (_unrunnable("ir", ir=onnx.IR_VERSION + 50), "IR version"),
+    (_unrunnable("no-outputs", outputs=()), "no outputs"),
+    (_unrunnable("two-inputs", inputs=("x", "x")), "input 'x' twice"),
+])
 def test_estimated_costs_refuse_a_model_onnxruntime_cannot_run(tmp_path, capsys, make, needle):
     path = make(tmp_path)
     with pytest.raises(OnnxSplitError) as info:

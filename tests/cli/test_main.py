@@ -101,6 +101,53 @@ def test_ctrl_c_while_starting(tmp_path, module):
     assert not (tmp_path / "out").exists()
 
 
+# Pauses the start-up right after one module finishes importing, and says so on stderr: the interrupt then lands
+# at that very point, however fast or slow the machine and however far the output pipe lags behind the process.
+_PAUSE_AFTER = """
+import importlib.util, sys, time
+
+class _PauseAfter:
+    def find_spec(self, name, path=None, target=None):
+        if name != {module!r}:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            sys.stderr.write("PAUSED\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _PauseAfter())
+from onnxsplit.cli.main import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("module", ["onnxsplit.cli.common", "onnxsplit.cli.split_cmd", "rich", "numpy", "onnx",
+                                    "onnxruntime"])
+def test_ctrl_c_at_a_pause_while_importing(tmp_path, module):
+    """Interrupted while the start-up is held right after ``module`` is imported (the first fraction of a second)."""
+    argv = ["split", str(MODELS / "transformer.onnx"), "--input-shape", "input_ids:4x32", "-o", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ONNXSPLIT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER.format(module=module), *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert first == "PAUSED\n", first + proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "onnxsplit: interrupted\n", err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_during_a_split(tmp_path):
     argv = ["split", str(MODELS / "transformer.onnx"), "--input-shape", "input_ids:4x32", "-o", str(tmp_path / "out")]
     code, lines = _interrupt(argv, after_import="onnxsplit.splitting", delay=0.2, cache=tmp_path / "cache")

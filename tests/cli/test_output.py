@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -97,6 +98,26 @@ def test_read_only_folder(split_dir, feeds, tmp_path, capsys, command):
         assert not list(ro.iterdir())
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["run", "costgraph"])
+def test_immutable_folder(split_dir, feeds, tmp_path, capsys, command):
+    """chattr +i: a folder even root cannot write into (the test above is skipped for root)."""
+    folder = tmp_path / "immutable"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    except OSError:
+        pytest.skip("no chattr here")
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i refused: {done.stderr.decode().strip()}")
+    try:
+        for force in ([], ["--force"]):
+            argv = _run(split_dir, feeds, folder / "x.out") if command == "run" else _costgraph(folder / "x.out")
+            assert str(folder) in _error([*argv, *force], capsys)
+            assert not list(folder.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("command", ["run", "costgraph"])

@@ -115,3 +115,38 @@ def test_infinite_time_means_cannot_run_there(tmp_path, capsys):
     doc = _solve([_edited_graph(tmp_path, edit), "--solver", "greedy"], capsys)
     on = {n: st["device_kind"] for st in doc["stages"] for n in st["nodes"]}
     assert on["4"] == "cpu"
+
+
+def _one_line_error(argv, capsys) -> str:
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("onnxsplit: error: ") and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda d: d["nodes"][3]["compute"].__setitem__("cpu", "fast"), ["edited.json", "'fast'"]),
+    (lambda d: d["nodes"][3]["compute"].__setitem__("cpu", None), ["edited.json"]),
+    (lambda d: d["tensors"][2].__setitem__("cost", "cheap"), ["edited.json", "'cheap'"]),
+])
+def test_non_numeric_costs_in_a_cost_graph_are_refused(tmp_path, capsys, edit, needles):
+    err = _one_line_error(["solve", _edited_graph(tmp_path, edit)], capsys)
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("field, value", [("fpgaLatency", "fast"), ("cpuLatency", None), ("size", [1])])
+def test_non_numeric_costs_in_a_paper_graph_are_refused(tmp_path, capsys, field, value):
+    doc = json.loads((REFERENCE / "layer_bert24_inference.json").read_text())
+    doc["nodes"][0][field] = value
+    (tmp_path / "paper.json").write_text(json.dumps(doc))
+    err = _one_line_error(["solve", tmp_path / "paper.json"], capsys)
+    assert "paper.json" in err and f"node {doc['nodes'][0]['id']}" in err, err
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", "\"fpgas\"", "{\"fpgas\": 3, \"cpus\": []}", "not json"])
+def test_expert_split_that_is_not_an_object_of_lists(tmp_path, capsys, text):
+    (tmp_path / "expert.json").write_text(text)
+    err = _one_line_error(["solve", REFERENCE / "layer_bert24_inference.json", "--solver", "expert",
+                           "--expert", tmp_path / "expert.json"], capsys)
+    assert "expert.json" in err, err

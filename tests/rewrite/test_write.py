@@ -61,6 +61,27 @@ def test_a_sequence_crosses_a_stage_boundary(tmp_path):
     assert [s.tensors_only for s in specs] == [False, False] and not any(s.on_device for s in specs)
 
 
+def test_an_optional_crosses_a_stage_boundary(tmp_path):
+    """x -> Relu -> Optional -> (stage cut) -> OptionalGetElement -> Neg -> y."""
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Optional", ["r"], ["o"], name="wrap", type=element),
+             helper.make_node("OptionalGetElement", ["o"], ["g"], name="unwrap"),
+             helper.make_node("Neg", ["g"], ["y"], name="neg")]
+    src = save(model(nodes, [f32("x", [2])], [f32("y", [2])], opset=18), tmp_path / "opt.onnx")
+    mapping = {"relu": 0, "wrap": 0, "unwrap": 1, "neg": 1}
+    result = split(src, tmp_path / "out", devices=2, plan=_plan(tmp_path / "p.json", mapping), costs="estimate")
+    for stage in result.manifest.stages:
+        onnx.checker.check_model(str(tmp_path / "out" / stage.file), full_check=True)
+    (o,) = result.manifest.handoffs
+    assert (o.name, o.dtype, o.producer, o.consumers) == ("o", "optional(float32)", 0, (1,))
+    feeds = {"x": np.array([-1.0, 2.0], np.float32)}
+    report = validate(tmp_path / "out", inputs_path=feeds, check_handoffs=True)
+    assert report.passed and [c.name for c in report.handoffs] == ["o"]
+    with Pipeline(tmp_path / "out") as pipe:
+        assert np.array_equal(pipe.run(feeds)["y"], np.array([0.0, -2.0], np.float32))
+
+
 def test_sequence_and_optional_graph_inputs_and_outputs(tmp_path):
     nodes = [
         helper.make_node("SequenceInsert", ["s", "x"], ["s2"], name="insert"),
@@ -124,6 +145,26 @@ def test_a_failed_probe_is_one_line_that_asks_for_representative_inputs(tmp_path
         out = tmp_path / f"out-{type(given).__name__}"
         split(src, out, devices=2, plan=plan, costs="estimate", inputs=given)
         assert validate(out, inputs_path=feeds).passed
+
+
+def test_a_failed_probe_still_splits_where_shape_inference_gives_the_type(tmp_path, caplog, monkeypatch):
+    """Random indices fall outside a one-row table, so no run works; shape inference gives the hand-off's type and rank
+    (NonZero: int64, 2 x unknown), and that is enough to split."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("onnxsplit"), "propagate", True)  # the CLI's tests may have turned it off
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["g"], name="gather"),
+             helper.make_node("NonZero", ["g"], ["nz"], name="nonzero"),
+             helper.make_node("Transpose", ["nz"], ["y"], name="transpose")]
+    src = save(model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [8])],
+                     [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 2])],
+                     [helper.make_tensor("table", TensorProto.FLOAT, [1, 3], [1.0, 0.0, 3.0])]), tmp_path / "nz.onnx")
+    plan = _plan(tmp_path / "p.json", {"gather": 0, "nonzero": 0, "transpose": 1})
+    result = split(src, tmp_path / "out", devices=2, plan=plan, costs="estimate")
+    (nz,) = result.manifest.handoffs
+    assert (nz.name, nz.dtype, nz.shape[0]) == ("nz", "int64", 2) and len(nz.shape) == 2
+    assert "could not run the model" in caplog.text and "representative inputs would size them" in caplog.text
+    assert validate(tmp_path / "out", inputs_path={"ids": np.zeros(8, np.int64)}, check_handoffs=True).passed
 
 
 def test_representative_inputs_fix_the_input_shapes(tmp_path):
