@@ -92,10 +92,12 @@ class StageFailed(Exception):
 class _StageActor:
     """One stage's onnxruntime session inside a Ray actor (made remote by :func:`_actor_class`).
 
-    ``files`` holds one ``(relative name, size, ObjectRef of the bytes)`` per
-    file of the stage (the model and its external data), wrapped in a list so
-    Ray passes the references unresolved: a node that sees the split folder at
-    the driver's path reads it there, any other fetches the bytes.
+    ``files`` holds one ``(relative name, size, ObjectRef of the bytes or
+    None)`` per file of the stage (the model and its external data), wrapped
+    in a list so Ray passes the references unresolved: a node that sees the
+    split folder at the driver's path reads it there, any other fetches the
+    bytes; without bytes it reports the folder missing, and the driver makes
+    the actor again with them.
     """
 
     def __init__(self, spec: StageSpec, folder: str, files: list[tuple[str, int, Any]]) -> None:
@@ -105,27 +107,32 @@ class _StageActor:
         self.spec = spec
         self.node_id = context.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
-        self.error: tuple[bool, str] | None = None  # (a user error?, one line), reported by where()
+        self.error: tuple[str, str] | None = None  # (what kind of error, one line), reported by where()
         self.runs = 0
         self.busy_s = 0.0
         self.started = time.perf_counter()
         self._tmp: tempfile.TemporaryDirectory | None = None
         try:
             path = self._local_copy(Path(folder), files)
+            if path is None:
+                self.error = ("missing", f"the split folder {folder} is not on node {self.node_ip}")
+                self.runner = None
+                return
             self.spec = replace(spec, path=path)
             session = open_session(self.spec, spin=False)
             self.runner = (BindingRunner(session, self.spec) if spec.provider == CUDA and spec.tensors_only
                            else HostRunner(session, self.spec))
         except Exception as exc:  # reported to the driver by where(): a restart would fail the same way
-            self.error = (isinstance(exc, OnnxSplitError), str(exc) if isinstance(exc, OnnxSplitError)
-                          else _one_line(exc))
+            self.error = ("user", str(exc)) if isinstance(exc, OnnxSplitError) else ("bug", _one_line(exc))
             self.runner = None
 
-    def _local_copy(self, folder: Path, files: list[tuple[str, int, Any]]) -> Path:
+    def _local_copy(self, folder: Path, files: list[tuple[str, int, Any]]) -> Path | None:
         import ray
 
         if all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size, _ in files):
             return self.spec.path
+        if any(ref is None for *_, ref in files):
+            return None
         # Another machine: the split folder is not here, so the stage's files come through the object store.
         self._tmp = tempfile.TemporaryDirectory(prefix=f"onnxsplit-stage{self.spec.index}-")
         for name, _, ref in files:
@@ -134,7 +141,7 @@ class _StageActor:
             target.write_bytes(ray.get(ref))
         return Path(self._tmp.name) / files[0][0]
 
-    def where(self) -> tuple[str, str, int, tuple[bool, str] | None]:
+    def where(self) -> tuple[str, str, int, tuple[str, str] | None]:
         return self.node_id, self.node_ip, os.getpid(), self.error
 
     def stats(self) -> tuple[int, float, float]:
@@ -247,7 +254,6 @@ class RayPipeline(Pipeline):
     def _start(self, devices: Devices | None, *, max_restarts: int, timeout: float) -> None:
         ray = self._ray
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         asks = [_stage_resources(spec, stage.device_kind, devices)
                 for spec, stage in zip(self.specs, self.manifest.stages)]
@@ -264,31 +270,50 @@ class RayPipeline(Pipeline):
             raise PlacementError(f"{self.outdir}: the Ray cluster found no room within {timeout:g} s for the stages "
                                  f"({STRATEGIES[self.placement]}: {wanted}; the cluster has "
                                  f"{_resources_text(ray.cluster_resources())})") from None
-        files = [_stage_files(self.manifest, k) for k in range(len(self.specs))]
-        actor_class = _actor_class(ray)
-        for k, (spec, (cpus, gpus, extra, _)) in enumerate(zip(self.specs, asks)):
-            self._actors.append(actor_class.options(
-                num_cpus=cpus, num_gpus=gpus, resources=extra or None, max_restarts=max_restarts,
-                max_task_retries=0, name=None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=k),
-            ).remote(spec, str(self.outdir), files[k]))
+        # First without the stage files' bytes: a cluster that sees the split folder (one machine, a shared
+        # file system) needs none. Actors holding references in their arguments are also the ones Ray warns
+        # about restarting, so only stages on nodes without the folder get them.
+        sizes = [_stage_files(self.manifest, k) for k in range(len(self.specs))]
+        self._actors = [self._make_actor(k, asks[k], sizes[k], max_restarts) for k in range(len(self.specs))]
+        found = self._wait_started(timeout)
+        missing = [k for k, (*_, error) in enumerate(found) if error is not None and error[0] == "missing"]
+        if missing:
+            for k in missing:
+                ray.kill(self._actors[k], no_restart=True)
+                files = [(name, size, self._ray.put((self.manifest.folder / name).read_bytes()))
+                         for name, size, _ in sizes[k]]
+                self._actors[k] = self._make_actor(k, asks[k], files, max_restarts)
+            found = self._wait_started(timeout)
+        for k, (*_, error) in enumerate(found):
+            if error is not None:
+                kind, text = error
+                name = self.specs[k].path.name
+                if kind == "user":
+                    raise UsageError(f"stage {k} ({name}): {text}")
+                raise StageError(k, f"stage {k} ({name}) could not be loaded on node {found[k][1]}: {text}")
+        self._locations = tuple(StageLocation(k, node, ip, pid) for k, (node, ip, pid, _) in enumerate(found))
+
+    def _make_actor(self, k: int, ask: tuple[float, float, dict[str, float], Any], files: list[tuple[str, int, Any]],
+                    max_restarts: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        cpus, gpus, extra, _ = ask
+        return _actor_class(self._ray).options(
+            num_cpus=cpus, num_gpus=gpus, resources=extra or None, max_restarts=max_restarts, max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self._pg,
+                                                                 placement_group_bundle_index=k),
+        ).remote(self.specs[k], str(self.manifest.folder), files)
+
+    def _wait_started(self, timeout: float) -> list[tuple[str, str, int, Any]]:
+        ray = self._ray
         try:
-            found = ray.get([a.where.remote() for a in self._actors], timeout=timeout)
+            return ray.get([a.where.remote() for a in self._actors], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             raise PlacementError(f"{self.outdir}: the stage actors did not start within {timeout:g} s") from None
         except ray.exceptions.RayActorError as exc:
             stage = next((k for k, a in enumerate(self._actors) if a._actor_id.hex() == exc.actor_id), -1)
             raise StageError(stage, f"stage {stage}: its Ray actor died while starting: "
                              f"{_first_line(str(exc))}") from None
-        for k, (*_, error) in enumerate(found):
-            if error is not None:
-                user, text = error
-                name = self.specs[k].path.name
-                if user:
-                    raise UsageError(f"stage {k} ({name}): {text}")
-                raise StageError(k, f"stage {k} ({name}) could not be loaded on node {found[k][1]}: {text}")
-        self._locations = tuple(StageLocation(k, node, ip, pid) for k, (node, ip, pid, _) in enumerate(found))
 
     def locations(self) -> tuple[StageLocation, ...]:
         """Where each stage actor runs now (asked of the actors, so after a restart it is the new place)."""
@@ -388,18 +413,18 @@ class RayPipeline(Pipeline):
         inner = getattr(cause, "cause", None)
         if isinstance(inner, StageFailed):
             err = StageError(inner.stage, f"stage {inner.stage} ({self.specs[inner.stage].path.name}, "
-                             f"{self.specs[inner.stage].provider}) on node {inner.node_id[:12]} ({inner.node_ip}) "
-                             f"failed: {inner.text}")
+                             f"{self.specs[inner.stage].provider}) failed on node {inner.node_id[:12]} "
+                             f"({inner.node_ip}): {inner.text}")
         else:
             if isinstance(cause, ray.exceptions.RayActorError) and cause.actor_id in self._actor_stage:
                 stage = self._actor_stage[cause.actor_id]
                 spec = self.specs[stage]
                 what = f"stage {stage} ({spec.path.name}, {spec.provider})"
             loc = self._locations[stage]
-            kind = ("its Ray actor died" if isinstance(cause, ray.exceptions.RayActorError)
+            kind = ("its Ray actor died or became unreachable" if isinstance(cause, ray.exceptions.RayActorError)
                     else "its outputs were lost" if isinstance(cause, ray.exceptions.ObjectLostError)
                     else "Ray failed")
-            err = StageError(stage, f"{what} on node {loc.node_id[:12]} ({loc.node_ip}): {kind}: "
+            err = StageError(stage, f"{what} failed on node {loc.node_id[:12]} ({loc.node_ip}): {kind}: "
                              f"{type(cause).__name__}: {_first_line(str(cause))}")
         err.__cause__ = exc
         return err
@@ -498,16 +523,10 @@ def _stage_resources(spec: StageSpec, kind_name: str, devices: Devices | None
 
 
 def _stage_files(manifest: Any, k: int) -> list[tuple[str, int, Any]]:
-    """The stage's files as (name relative to the folder, size, ObjectRef of the bytes), the model first."""
-    import ray
-
+    """The stage's files as (name relative to the folder, size, None), the model first."""
     stage = manifest.stages[k]
     names = [stage.file] + ([stage.external_data] if stage.external_data else [])
-    out = []
-    for name in names:
-        data = (manifest.folder / name).read_bytes()
-        out.append((name, len(data), ray.put(data)))
-    return out
+    return [(name, (manifest.folder / name).stat().st_size, None) for name in names]
 
 
 def _connect(ray: Any, address: str | None, *, cpus: int) -> bool:
