@@ -30,4 +30,11 @@ MIP_SOLVERS: tuple[str, ...] = ("cbc", "highs")
 # Cost-graph file formats: onnxsplit's own, and the reference graphs' (the paper's).
 COSTGRAPH_FORMATS: tuple[str, ...] = ("onnxsplit", "paper")
 
-__all__ = ["COSTGRAPH_FORMATS", "COSTS", "CONTIGUOUS_SOLVERS", "Costs", "MIP_SOLVERS", "OBJECTIVES", "SOLVERS"]
+# How a split's stages run: threads in this process, or Ray actors (on one machine or a cluster).
+ENGINES: tuple[str, ...] = ("inproc", "ray")
+
+# Ray placement-group strategies for the stages' bundles, as the command line spells them.
+PLACEMENTS: tuple[str, ...] = ("pack", "spread", "strict-spread")
+
+__all__ = ["COSTGRAPH_FORMATS", "COSTS", "CONTIGUOUS_SOLVERS", "Costs", "ENGINES", "MIP_SOLVERS", "OBJECTIVES",
+           "PLACEMENTS", "SOLVERS"]

@@ -13,6 +13,8 @@
     device_ids = [0, 1, 2, 3]   # sets each device's device_id provider option
     threads = 1
     speed = 1.0                 # relative to the profile; or profile = "gpu.json"
+    ray_resources = {"machine_a" = 1}   # Ray engine: stages of this kind need these Ray resources
+    ray_labels = {"zone" = "a"}         # Ray engine: and run on nodes with these labels
 
     [[pair]]                    # a link that differs from the default
     devices = [0, 1]
@@ -50,7 +52,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KIND_KEYS = {"name", "count", "memory", "overhead", "provider", "provider_options", "device_ids", "threads", "speed",
-             "profile"}
+             "profile", "ray_resources", "ray_labels"}
 
 
 class _Where:
@@ -165,6 +167,15 @@ def _kind(table: object, where: _Where, index: int, base: Path) -> DeviceKind:
         if not (base / profile).is_file():
             raise fail("profile", f"file {profile!r} not found")
         profile = str((base / profile).resolve())
+    ray_resources = table.get("ray_resources", {})
+    if not isinstance(ray_resources, dict):
+        raise fail("ray_resources", "must be a table of resource = amount")
+    for key, amount in ray_resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < math.inf:
+            raise fail("ray_resources", f"resource {key!r} must be a positive, finite amount, got {amount!r}")
+    ray_labels = table.get("ray_labels", {})
+    if not isinstance(ray_labels, dict) or not all(isinstance(v, str) and v for v in ray_labels.values()):
+        raise fail("ray_labels", "must be a table of label = \"value\"")
     provider = table.get("provider", "cpu")
     if not isinstance(provider, str) or not provider:
         raise fail("provider", "must be a provider name such as 'cpu' or 'cuda'")
@@ -176,6 +187,8 @@ def _kind(table: object, where: _Where, index: int, base: Path) -> DeviceKind:
         name=name, count=count, memory=memory, provider=provider,
         provider_options=tuple(sorted((str(k), str(v)) for k, v in options.items())),
         threads=threads, speed=float(speed), device_ids=tuple(device_ids), profile=profile,
+        ray_resources=tuple(sorted((str(k), float(v)) for k, v in ray_resources.items())),
+        ray_labels=tuple(sorted((str(k), v) for k, v in ray_labels.items())),
     )
 
 

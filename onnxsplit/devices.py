@@ -15,6 +15,9 @@ class DeviceKind:
 
     ``communicates`` is False for the paper's CPU, which pays no transfer
     time; every real device here pays it. ``memory`` is in bytes.
+    ``ray_resources`` (Ray custom resource -> amount) and ``ray_labels``
+    (node label -> value) pin the kind's stages to Ray nodes that have them
+    when the split runs on the Ray engine; the solver ignores them.
     """
 
     name: str
@@ -27,6 +30,8 @@ class DeviceKind:
     speed: float = 1.0
     device_ids: tuple[int, ...] = ()
     profile: str | None = None
+    ray_resources: tuple[tuple[str, float], ...] = ()
+    ray_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="the original model, if it moved since the split")
     common.add_number(p, "--queue-size", kind=int, default=4, help="requests each stage's queue holds (default 4)")
     common.add_runtime(p)
+    common.add_engine(p)
     common.add_json(p)
     p.set_defaults(run=run)
 
@@ -52,10 +53,11 @@ def _fmt_ms(x: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.runtime.bench import bench
 
+    engine = common.engine_options(args)
     if args.batch is not None:
         _check_batch(args.outdir, args.batch)
     result = bench(args.outdir, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds, batch=args.batch,
-                   model_path=args.model, pin=not args.no_pin, queue_size=args.queue_size)
+                   model_path=args.model, pin=not args.no_pin, queue_size=args.queue_size, **engine)
     if args.json:
         common.print_json(result.as_dict())
         return 0

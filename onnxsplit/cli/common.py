@@ -22,16 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsplit.choices import COSTGRAPH_FORMATS, COSTS, MIP_SOLVERS, OBJECTIVES, SOLVERS
+from onnxsplit.choices import COSTGRAPH_FORMATS, COSTS, ENGINES, MIP_SOLVERS, OBJECTIVES, PLACEMENTS, SOLVERS
 from onnxsplit.errors import UsageError
 
 if TYPE_CHECKING:
     from onnxsplit.devices import Devices
 
 __all__ = [
-    "COSTGRAPH_FORMATS", "Interrupted", "Parser", "add_costs", "add_devices", "add_inputs", "add_json", "add_number",
-    "add_output", "add_runtime", "add_solver", "check_output_file", "console", "flag_errors", "input_shapes",
-    "parse_devices", "physical_memory", "print_json", "refuse_beyond_memory", "status", "warn", "writing",
+    "COSTGRAPH_FORMATS", "Interrupted", "Parser", "add_costs", "add_devices", "add_engine", "add_inputs", "add_json",
+    "add_number", "add_output", "add_runtime", "add_solver", "check_output_file", "console", "engine_options",
+    "flag_errors", "input_shapes", "parse_devices", "physical_memory", "print_json", "refuse_beyond_memory", "status",
+    "warn", "writing",
 ]
 
 
@@ -151,6 +152,41 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     """``--no-pin``."""
     g = p.add_argument_group("runtime")
     g.add_argument("--no-pin", action="store_true", help="do not pin stage workers to cores")
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    """``--engine inproc|ray``, ``--address ADDR``, ``--placement pack|spread|strict-spread``, ``--ray-devices FILE``.
+
+    Read them back with :func:`engine_options`, which gives the keyword
+    arguments of :class:`onnxsplit.runtime.Pipeline` besides the folder.
+    """
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default=ENGINES[0], choices=ENGINES,
+                   help="run the stages as threads in this process (inproc, default) or as Ray actors (ray)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS if set, else a local one)")
+    g.add_argument("--placement", default=PLACEMENTS[0], choices=PLACEMENTS,
+                   help="how Ray spreads the stages over nodes: pack (default), spread, strict-spread "
+                        "(each stage on its own node)")
+    g.add_argument("--ray-devices", default=None, metavar="FILE",
+                   help="a devices.toml whose kinds' ray_resources / ray_labels pin each stage to Ray nodes")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine flags of :func:`add_engine` as Pipeline keyword arguments; Ray flags without ``--engine ray`` are refused."""
+    if args.engine != "ray":
+        given = [flag for flag, value in (("--address", args.address), ("--ray-devices", args.ray_devices),
+                                          ("--placement", None if args.placement == PLACEMENTS[0] else 1))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to --engine ray")
+        return {"engine": args.engine}
+    options: dict[str, Any] = {"engine": "ray", "address": args.address, "placement": args.placement}
+    if args.ray_devices is not None:
+        from onnxsplit.devicefile import load_devices
+
+        options["devices"] = load_devices(args.ray_devices)
+    return options
 
 
 # -- reading the shared flags -----------------------------------------------------------------------------------------

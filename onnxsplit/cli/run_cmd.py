@@ -13,6 +13,7 @@ def add_parser(sub) -> None:
     common.add_inputs(p, shapes=False, inputs_required=True, inputs_help=".npz of input arrays keyed by input name")
     common.add_output(p, what=".npz to write the outputs to, keyed by output name")
     common.add_runtime(p)
+    common.add_engine(p)
     common.add_json(p)
     p.set_defaults(run=run)
 
@@ -24,10 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from onnxsplit.feeds import load_feeds
     from onnxsplit.runtime import Pipeline
 
+    engine = common.engine_options(args)
     manifest = load_manifest(args.outdir)
     with common.flag_errors("--inputs"):
         feeds = load_feeds(args.inputs, list(manifest.input_names))
-    with Pipeline(args.outdir, pin=not args.no_pin) as pipe:
+    with Pipeline(args.outdir, pin=not args.no_pin, **engine) as pipe:
         outputs = pipe.run(feeds)
     with common.writing(out):
         save_npz_atomic(out, outputs)

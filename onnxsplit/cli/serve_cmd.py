@@ -8,15 +8,13 @@ import sys
 from onnxsplit.cli import common
 from onnxsplit.errors import UsageError
 
-ENGINES = ("inproc", "ray")  # as onnxsplit.serve.server.ENGINES, without importing the web stack for --help
 DEFAULT_BATCH_TIMEOUT_US = 1000.0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve the split over HTTP (KServe v2 / Triton protocol)")
     p.add_argument("outdir", help="a folder written by `onnxsplit split`")
-    p.add_argument("--engine", default=ENGINES[0], choices=ENGINES,
-                   help="run the stages as threads of this process (inproc, default) or as Ray actors (ray)")
+    common.add_engine(p)
     g = p.add_argument_group("endpoint")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     common.add_number(g, "--port", kind=int, zero=True, default=8000, help="port to listen on; 0 picks a free one "
@@ -61,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         with common.flag_errors("--name"):
             check_model_name(args.name)
     timeout_us = DEFAULT_BATCH_TIMEOUT_US if args.batch_timeout_us is None else args.batch_timeout_us
-    server = Server(args.outdir, host=args.host, port=args.port, name=args.name, engine=args.engine,
+    options = common.engine_options(args)
+    server = Server(args.outdir, host=args.host, port=args.port, name=args.name, engine=options.pop("engine"),
                     max_batch=args.max_batch, batch_timeout_s=timeout_us * 1e-6, max_body_bytes=int(max_body),
-                    pin=not args.no_pin)
+                    pin=not args.no_pin, pipeline_options=options)
     _route_server_logs()
     stages = len(server.manifest.stages)
     batching = f", batches of up to {args.max_batch} within {timeout_us:g} us" if args.max_batch > 1 else ""

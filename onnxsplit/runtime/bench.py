@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxsplit.devices import Devices
 from onnxsplit.errors import UsageError
 from onnxsplit.manifest import TensorSpec, load_manifest
 from onnxsplit.model import check_source
@@ -246,12 +247,18 @@ def bench(
     queue_size: int = 4,
     in_flight_per_stage: int = 2,
     seed: int = 0,
+    engine: str = "inproc",
+    address: str | None = None,
+    placement: str = "pack",
+    devices: Devices | None = None,
 ) -> BenchResult:
     """Benchmark the pipeline of ``outdir`` and the original model on the same random inputs.
 
     Each way of running is measured for ``seconds`` in all, split into
     ``rounds`` turns, after ``warmup`` unmeasured seconds at its first turn;
-    the whole run takes about three times ``seconds + warmup``.
+    the whole run takes about three times ``seconds + warmup``. ``engine``,
+    ``address``, ``placement`` and ``devices`` choose the pipeline's engine as
+    :class:`~onnxsplit.runtime.Pipeline` does.
     """
     if not (0 < seconds < math.inf and 0 <= warmup < math.inf):  # nan fails both: it would never end
         raise UsageError(f"seconds must be positive and warmup not negative, both finite (got {seconds}, {warmup})")
@@ -271,7 +278,9 @@ def bench(
     total_threads = sum(s.threads for s in manifest.stages)
     turn = seconds / rounds
 
-    with Pipeline(outdir, queue_size=queue_size, pin=pin) as pipe:
+    ray_options: dict[str, Any] = {"address": address, "placement": placement, "devices": devices} \
+        if engine == "ray" else {}
+    with Pipeline(outdir, queue_size=queue_size, pin=pin, engine=engine, **ray_options) as pipe:
         originals = {1: make_session(source, threads=1), total_threads: make_session(source, threads=total_threads)}
         piped: list[_Window] = []
         alone: dict[int, list[_Window]] = {1: [], total_threads: []}

@@ -24,14 +24,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from onnxsplit.choices import ENGINES, PLACEMENTS
 
 from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.manifest import load_manifest
 from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session, to_host
 from onnxsplit.runtime.specs import CUDA, StageSpec, assign_cores, stage_specs
+
+if TYPE_CHECKING:
+    from onnxsplit.devices import Devices
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +209,27 @@ class Pipeline:
 
     Use as a context manager: leaving the block drains the pipeline, or
     cancels what is left when an exception is on its way out.
+
+    ``engine="ray"`` runs the stages as Ray actors instead, with the same
+    API (see :class:`onnxsplit.runtime.ray_engine.RayPipeline`, which
+    ``Pipeline(...)`` then returns); ``address``, ``placement`` and
+    ``devices`` apply to that engine only.
     """
 
-    def __init__(self, outdir: str | os.PathLike, *, queue_size: int = 4, pin: bool = True) -> None:
+    def __new__(cls, outdir: str | os.PathLike, *, engine: str = "inproc", **options: Any) -> Pipeline:
+        if engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if cls is Pipeline and engine == "ray":
+            # Imported here: ray is an optional extra, loaded only when asked for.
+            from onnxsplit.runtime.ray_engine import RayPipeline
+
+            cls = RayPipeline
+        return super().__new__(cls)
+
+    def __init__(self, outdir: str | os.PathLike, *, engine: str = "inproc", queue_size: int = 4, pin: bool = True,
+                 address: str | None = None, placement: str = "pack", devices: Devices | None = None) -> None:
+        if address is not None or devices is not None or placement != PLACEMENTS[0]:
+            raise UsageError("address, placement and devices apply to the Ray engine (engine='ray') only")
         if queue_size < 1:
             raise UsageError(f"queue_size must be at least 1, got {queue_size}")
         self.outdir = Path(outdir)

@@ -28,13 +28,13 @@ from typing import Any
 
 import uvicorn
 
+from onnxsplit.choices import ENGINES
 from onnxsplit.errors import UsageError
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.serve.app import ModelService, make_app
 from onnxsplit.serve.batching import check_batchable
 from onnxsplit.serve.protocol import check_servable
 
-ENGINES = ("inproc", "ray")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -1,0 +1,129 @@
+"""The in-process and the Ray engine side by side: throughput, latency, and the cost of one hop.
+
+    python benchmarks/ray_bench.py [--seconds 3] [--warmup 1] [--rounds 3] [--models transformer,light_resnet50]
+
+Every model is split for 2 devices (the solver's plan from the analytic cost
+estimate) and measured by `onnxsplit bench`'s machinery once per engine: the
+pipeline kept full, next to the original model with 1 thread, taking turns
+in rounds. The Ray engine runs on a local Ray instance on 127.0.0.1 started
+here once (its own processes share the machine's cores with the stages).
+
+The hop is what one more stage boundary costs a request: a two-node model
+on a 16-float tensor, run one request at a time as 1 stage and as 2 stages;
+the difference of the median latencies is the hop, in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: 127.0.0.1 stays itself
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from rich.console import Console
+from rich.table import Table
+
+from onnxsplit.devices import identical_devices
+from onnxsplit.runtime import Pipeline
+from onnxsplit.runtime.bench import bench
+from onnxsplit.splitting import split
+
+ROOT = Path(__file__).resolve().parents[1]
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+MODELS = {
+    "transformer": (ROOT / "models" / "transformer.onnx", {"input_ids": (8, 128)}),
+    "light_resnet50": (LIGHT / "light_resnet50.onnx", {}),
+}
+ENGINES = ("inproc", "ray")
+
+
+def _tiny(path: Path) -> Path:
+    """x -> Relu -> Neg -> y on 1x16 floats: two nodes that cost next to nothing."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["h"], name="relu"),
+                               helper.make_node("Neg", ["h"], ["y"], name="neg")], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def _median_latency_us(outdir: Path, engine: str, *, requests: int) -> float:
+    feeds = {"x": np.ones((1, 16), dtype=np.float32)}
+    with Pipeline(outdir, engine=engine) as pipe:
+        for _ in range(20):
+            pipe.run(feeds)
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            pipe.run(feeds)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def hop_costs(work: Path, *, requests: int = 300) -> dict[str, float]:
+    model = _tiny(work / "tiny.onnx")
+    one, two = work / "tiny1", work / "tiny2"
+    split(model, one, devices=1, costs="estimate")
+    (work / "plan2.json").write_text(json.dumps({"relu": 0, "neg": 1}))
+    split(model, two, devices=2, plan=work / "plan2.json", costs="estimate")
+    return {e: _median_latency_us(two, e, requests=requests) - _median_latency_us(one, e, requests=requests)
+            for e in ENGINES}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+
+    import ray
+
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             num_cpus=max(os.cpu_count() or 1, 4))
+    console = Console(width=140)
+    console.print(f"load average before: {os.getloadavg()}")
+    table = Table(title="2 stages: in-process engine vs Ray engine (each next to the original, 1 thread)")
+    for col in ("model", "engine", "samples/s", "p50 ms", "p99 ms", "original samples/s", "vs original",
+                "ray / inproc"):
+        table.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.models.split(","):
+            path, shapes = MODELS[name]
+            outdir = work / name
+            split(path, outdir, devices=identical_devices(2), input_shapes=shapes or None, costs="estimate")
+            got = {}
+            for engine in ENGINES:
+                got[engine] = bench(outdir, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds,
+                                    engine=engine)
+            for engine in ENGINES:
+                r = got[engine]
+                ratio = r.pipeline.samples_per_s / got["inproc"].pipeline.samples_per_s
+                table.add_row(name, engine, f"{r.pipeline.samples_per_s:.1f}", f"{r.pipeline.p50_ms:.2f}",
+                              f"{r.pipeline.p99_ms:.2f}", f"{r.original_1.samples_per_s:.1f}",
+                              f"{r.vs_original_1:.2f}x", f"{ratio:.2f}x")
+        console.print(table)
+        hops = hop_costs(work)
+    hop_table = Table(title="one hop (stage to stage), median over sequential requests")
+    hop_table.add_column("engine")
+    hop_table.add_column("µs per hop", justify="right")
+    for engine, us in hops.items():
+        hop_table.add_row(engine, f"{us:.0f}")
+    console.print(hop_table)
+    console.print(f"load average after: {os.getloadavg()}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
