@@ -1,6 +1,7 @@
 """The in-process and the Ray engine side by side: throughput, latency, and the cost of one hop.
 
     python benchmarks/ray_bench.py [--seconds 3] [--warmup 1] [--rounds 3] [--models transformer,light_resnet50]
+                                   [--engines inproc,ray] [--hop-only]
 
 Every model is split for 2 devices (the solver's plan from the analytic cost
 estimate) and measured by `onnxsplit bench`'s machinery once per engine: the
@@ -69,14 +70,14 @@ def _median_latency_us(outdir: Path, engine: str, *, requests: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def hop_costs(work: Path, *, requests: int = 300) -> dict[str, float]:
+def hop_costs(work: Path, *, requests: int = 300, engines: tuple[str, ...] = ENGINES) -> dict[str, float]:
     model = _tiny(work / "tiny.onnx")
     one, two = work / "tiny1", work / "tiny2"
     split(model, one, devices=1, costs="estimate")
     (work / "plan2.json").write_text(json.dumps({"relu": 0, "neg": 1}))
     split(model, two, devices=2, plan=work / "plan2.json", costs="estimate")
     return {e: _median_latency_us(two, e, requests=requests) - _median_latency_us(one, e, requests=requests)
-            for e in ENGINES}
+            for e in engines}
 
 
 def main() -> None:
@@ -85,12 +86,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--hop-only", action="store_true", help="measure only the cost of one hop")
     args = ap.parse_args()
+    engines = tuple(args.engines.split(","))
 
-    import ray
+    if "ray" in engines:
+        import ray
 
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             num_cpus=max(os.cpu_count() or 1, 4))
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 num_cpus=max(os.cpu_count() or 1, 4))
     console = Console(width=140)
     console.print(f"load average before: {os.getloadavg()}")
     table = Table(title="2 stages: in-process engine vs Ray engine (each next to the original, 1 thread)")
@@ -99,22 +104,23 @@ def main() -> None:
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in args.models.split(","):
+        for name in [] if args.hop_only else args.models.split(","):
             path, shapes = MODELS[name]
             outdir = work / name
             split(path, outdir, devices=identical_devices(2), input_shapes=shapes or None, costs="estimate")
             got = {}
-            for engine in ENGINES:
+            for engine in engines:
                 got[engine] = bench(outdir, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds,
                                     engine=engine)
-            for engine in ENGINES:
+            for engine in engines:
                 r = got[engine]
-                ratio = r.pipeline.samples_per_s / got["inproc"].pipeline.samples_per_s
+                ratio = r.pipeline.samples_per_s / got[engines[0]].pipeline.samples_per_s
                 table.add_row(name, engine, f"{r.pipeline.samples_per_s:.1f}", f"{r.pipeline.p50_ms:.2f}",
                               f"{r.pipeline.p99_ms:.2f}", f"{r.original_1.samples_per_s:.1f}",
                               f"{r.vs_original_1:.2f}x", f"{ratio:.2f}x")
-        console.print(table)
-        hops = hop_costs(work)
+        if not args.hop_only:
+            console.print(table)
+        hops = hop_costs(work, engines=engines)
     hop_table = Table(title="one hop (stage to stage), median over sequential requests")
     hop_table.add_column("engine")
     hop_table.add_column("µs per hop", justify="right")
@@ -122,7 +128,8 @@ def main() -> None:
         hop_table.add_row(engine, f"{us:.0f}")
     console.print(hop_table)
     console.print(f"load average after: {os.getloadavg()}")
-    ray.shutdown()
+    if "ray" in engines:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

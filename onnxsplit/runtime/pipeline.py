@@ -82,13 +82,40 @@ class _Request:
         self.outputs = outputs
 
 
+class _Channel:
+    """A bounded FIFO from one thread to the next: ``put`` blocks while ``size`` items wait in it.
+
+    Built from two ``queue.SimpleQueue``s (one of items, one of free slots)
+    rather than ``queue.Queue``: SimpleQueue blocks and wakes in C on one
+    lock, where Queue goes through Python-level Conditions, and that wake-up
+    is most of what a hop between two stages costs.
+    """
+
+    __slots__ = ("_items", "_room")
+
+    def __init__(self, size: int) -> None:
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._room: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(size):
+            self._room.put(None)
+
+    def put(self, item: Any) -> None:
+        self._room.get()
+        self._items.put(item)
+
+    def get(self) -> Any:
+        item = self._items.get()
+        self._room.put(None)
+        return item
+
+
 _STOP = object()  # sent down the queues after the last request: each worker passes it on and exits
 
 
 class _Worker:
     """One stage: takes requests from ``inbox``, runs them, passes them to ``outbox`` or finishes them."""
 
-    def __init__(self, spec: StageSpec, inbox: queue.Queue, outbox: queue.Queue | None, *,
+    def __init__(self, spec: StageSpec, inbox: _Channel, outbox: _Channel | None, *,
                  cores: tuple[int, ...], output_order: tuple[str, ...], cancelling: threading.Event) -> None:
         self.spec = spec
         self.inbox = inbox
@@ -169,19 +196,25 @@ class _Worker:
                     _finish(req.future, exception=err)
 
     def _handle(self, req: _Request) -> None:
-        feeds = {n: req.env[n] for n in self.spec.inputs}
+        # Runs once per request per stage, so it stays lean: names looked up once, one dict built per step.
+        spec, env = self.spec, req.env
+        feeds = {n: env[n] for n in spec.inputs}
         self._enter("busy")
         values = self.runner(feeds)
         self._enter("other")
         self.runs += 1
-        for name in self.spec.graph_outputs:
-            req.outputs[name] = values[name]
+        outputs = req.outputs
+        for name in spec.graph_outputs:
+            outputs[name] = values[name]
         if self.outbox is None:
-            _finish(req.future, result={n: to_host(req.outputs[n]) for n in self.output_order})
+            _finish(req.future, result={n: to_host(outputs[n]) for n in self.output_order})
             return
         # Drop what no later stage reads, so big activations are freed as early as possible.
-        env = {n: v for n, v in req.env.items() if n in self.spec.keep}
-        env.update((n, v) for n, v in values.items() if n in self.spec.keep)
+        keep = spec.keep
+        env = {n: v for n, v in env.items() if n in keep}
+        for name, value in values.items():
+            if name in keep:
+                env[name] = value
         req.env = env
         self._enter("blocked")
         self.outbox.put(req)
@@ -244,7 +277,7 @@ class Pipeline:
         self._cancelling = threading.Event()
         self._submit_lock = threading.Lock()
         self._closed = False
-        self._queues = [queue.Queue(maxsize=queue_size) for _ in self.specs]
+        self._queues = [_Channel(queue_size) for _ in self.specs]
         cores = assign_cores(self.specs, pin=pin)
         self._workers = [
             _Worker(spec, self._queues[k], self._queues[k + 1] if k + 1 < len(self.specs) else None,

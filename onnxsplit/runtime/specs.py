@@ -81,6 +81,13 @@ def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
     return tuple(specs)
 
 
+def usable_cores() -> tuple[int, ...]:
+    """The cores this process may run on (its affinity mask where the OS has one, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
+
+
 def assign_cores(specs: tuple[StageSpec, ...], *, pin: bool) -> tuple[tuple[int, ...], ...]:
     """Disjoint cores for every CPU stage (as many as its threads), or none when they do not fit.
 
@@ -91,7 +98,7 @@ def assign_cores(specs: tuple[StageSpec, ...], *, pin: bool) -> tuple[tuple[int,
     none: tuple[tuple[int, ...], ...] = tuple(() for _ in specs)
     if not pin or not hasattr(os, "sched_getaffinity"):
         return none
-    cores = sorted(os.sched_getaffinity(0))
+    cores = usable_cores()
     wanted = sum(s.threads for s in specs if s.provider == CPU)
     if wanted > len(cores):
         log.info("not pinning: the CPU stages want %d threads but only %d cores are available", wanted, len(cores))

@@ -28,7 +28,7 @@ from onnxsplit.ortutil import make_session
 from onnxsplit.runtime import FeedError, Pipeline, StageError
 from onnxsplit.manifest import Manifest, load_manifest
 from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session
-from onnxsplit.runtime.specs import assign_cores, stage_specs
+from onnxsplit.runtime.specs import assign_cores, stage_specs, usable_cores
 from onnxsplit.splitting import split
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -357,6 +357,31 @@ def test_assign_cores(monkeypatch, chain3):
     assert assign_cores(specs, pin=False) == ((), (), ())
     wide = tuple(replace(s, threads=2) for s in specs)
     assert assign_cores(wide, pin=True) == ((), (), ())  # 6 threads do not fit 4 cores: no pinning
+
+
+def test_usable_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 1}, raising=False)
+    assert usable_cores() == (1, 3)
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert usable_cores() == (0, 1)
+
+
+@timeout(10)
+def test_channel_is_bounded_and_in_order():
+    from onnxsplit.runtime.pipeline import _Channel
+
+    channel = _Channel(2)
+    channel.put("a")
+    channel.put("b")
+    placed = threading.Event()
+    putter = threading.Thread(target=lambda: (channel.put("c"), placed.set()), daemon=True)
+    putter.start()
+    assert not placed.wait(0.2)  # full: the third put waits for room
+    assert channel.get() == "a"
+    assert placed.wait(5)
+    assert [channel.get(), channel.get()] == ["b", "c"]
+    putter.join(5)
 
 
 @timeout(60)
