@@ -11,6 +11,12 @@ Three ways of running the model, on the same random inputs:
 They take turns in short rounds (pipeline, original 1, original N, pipeline,
 ...), so a machine whose speed drifts (other tenants, clocks) slows all three
 alike instead of whichever happened to run at the bad moment.
+
+Two things make the comparison misleading, and the result says so in its
+``warnings``: CPU stages that want more threads than the machine has cores
+(they share cores, which separate devices would not), and rounds whose speeds
+spread by more than ``spread_limit`` (a busy machine: the ratios then compare
+moments, not ways of running).
 """
 
 from __future__ import annotations
@@ -36,8 +42,12 @@ from onnxsplit.feeds import random_feeds
 from onnxsplit.ortutil import make_session
 from onnxsplit.valuetypes import is_tensor_dtype
 from onnxsplit.runtime.pipeline import Pipeline, StageStats
+from onnxsplit.runtime.specs import CPU, usable_cores
 
 log = logging.getLogger(__name__)
+
+# A quiet machine repeats a round within a few percent; beyond this the ratios describe its load.
+SPREAD_LIMIT = 0.2
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,11 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     per_round: tuple[float, ...]  # samples/s of each round: their spread shows how noisy the machine was
+
+    @property
+    def spread(self) -> float:
+        """How much faster the fastest round ran than the slowest (max/min - 1); 0 with a single round."""
+        return max(self.per_round) / min(self.per_round) - 1 if len(self.per_round) > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,18 @@ class BenchResult:
     stages: tuple[StageResult, ...]
     original_1: Throughput
     original_n: Throughput
+    warnings: tuple[str, ...] = ()  # one line each: why the figures may mislead
+    spread_limit: float = SPREAD_LIMIT
+
+    @property
+    def spread(self) -> float:
+        """The widest spread between rounds of the three ways of running (see :attr:`Throughput.spread`)."""
+        return max(t.spread for t in (self.pipeline, self.original_1, self.original_n))
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the ratios compare ways of running rather than moments of a busy machine."""
+        return self.spread <= self.spread_limit
 
     @property
     def vs_original_1(self) -> float:
@@ -106,6 +133,8 @@ class BenchResult:
             "stages": [_plain(s) for s in self.stages],
             "original_1": _plain(self.original_1), "original_n": _plain(self.original_n),
             "vs_original_1": self.vs_original_1, "vs_original_n": self.vs_original_n,
+            "spread": self.spread, "spread_limit": self.spread_limit, "reliable": self.reliable,
+            "warnings": list(self.warnings),
         }
 
 
@@ -217,6 +246,29 @@ def _throughput(label: str, threads: int, windows: list[_Window], samples: int) 
                       tuple(w.requests * samples / w.seconds for w in windows))
 
 
+def core_warning(cpu_threads: int, cores: int) -> str | None:
+    """A warning when the CPU stages' threads (``cpu_threads`` in all) outnumber the ``cores`` they may run on.
+
+    Such stages cannot be pinned to cores of their own; they take turns on
+    shared ones, so the pipeline runs slower, and each stage's time looks
+    longer, than on as many separate devices.
+    """
+    if cpu_threads <= cores:
+        return None
+    return (f"the CPU stages run {cpu_threads} threads in all on {cores} core{'s' if cores != 1 else ''}: "
+            f"they share cores, so the pipeline is slower and its stages' times longer than on separate devices")
+
+
+def spread_warning(runs: Sequence[Throughput], *, limit: float = SPREAD_LIMIT) -> str | None:
+    """A warning when the rounds of any of ``runs`` spread by more than ``limit`` (see :attr:`Throughput.spread`)."""
+    worst = max(runs, key=lambda t: t.spread, default=None)
+    if worst is None or worst.spread <= limit:
+        return None
+    return (f"rounds spread by {worst.spread:.0%} ({worst.label}: {min(worst.per_round):.1f} to "
+            f"{max(worst.per_round):.1f} samples/s, more than the {limit:.0%} a quiet machine stays within): "
+            f"the machine is busy, so the speed-up ratios are unreliable")
+
+
 def _stage_results(pipe: Pipeline, windows: list[_Window], scale: float) -> tuple[StageResult, ...]:
     fields = ("busy_s", "starved_s", "blocked_s", "other_s")
     out = []
@@ -251,6 +303,7 @@ def bench(
     address: str | None = None,
     placement: str = "pack",
     devices: Devices | None = None,
+    spread_limit: float = SPREAD_LIMIT,
 ) -> BenchResult:
     """Benchmark the pipeline of ``outdir`` and the original model on the same random inputs.
 
@@ -259,9 +312,17 @@ def bench(
     the whole run takes about three times ``seconds + warmup``. ``engine``,
     ``address``, ``placement`` and ``devices`` choose the pipeline's engine as
     :class:`~onnxsplit.runtime.Pipeline` does.
+
+    The result's ``warnings`` name what makes its figures misleading: CPU
+    stages of the in-process engine with more threads than this process
+    has cores, and rounds that spread by more than ``spread_limit`` (0.2:
+    the fastest round 20% faster than the slowest), when ``reliable`` is
+    False.
     """
     if not (0 < seconds < math.inf and 0 <= warmup < math.inf):  # nan fails both: it would never end
         raise UsageError(f"seconds must be positive and warmup not negative, both finite (got {seconds}, {warmup})")
+    if not spread_limit >= 0:  # nan fails too; inf is allowed: never warn
+        raise UsageError(f"spread_limit must be zero or more, got {spread_limit}")
     if rounds < 1 or in_flight_per_stage < 1:
         raise UsageError(f"rounds and in_flight_per_stage must be at least 1 (got {rounds}, {in_flight_per_stage})")
     outdir = Path(outdir)
@@ -294,5 +355,13 @@ def bench(
     pipeline = _throughput(f"pipeline ({len(stages)} stages)", total_threads, piped, samples)
     original_1 = _throughput("original, 1 thread", 1, alone[1], samples)
     original_n = _throughput(f"original, {total_threads} threads", total_threads, alone[total_threads], samples)
+    warnings = []
+    if engine == "inproc":  # Ray stages run on the cluster's nodes, whose cores are not this process's
+        warnings.append(core_warning(sum(s.threads for s in manifest.stages if s.provider == CPU),
+                                     len(usable_cores())))
+    warnings.append(spread_warning((pipeline, original_1, original_n), limit=spread_limit))
+    for w in warnings:
+        if w is not None:
+            log.info("bench: %s", w)  # the caller shows result.warnings; logging them too would say it twice
     return BenchResult(str(outdir), str(source), shapes, samples, in_flight, rounds, scale, pipeline, stages,
-                       original_1, original_n)
+                       original_1, original_n, tuple(w for w in warnings if w is not None), spread_limit)

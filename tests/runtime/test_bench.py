@@ -11,7 +11,7 @@ import pytest
 from conftest import MODELS
 from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError, UsageError
-from onnxsplit.runtime.bench import BenchResult, bench, bench_shapes
+from onnxsplit.runtime.bench import BenchResult, Throughput, bench, bench_shapes, core_warning, spread_warning
 from onnxsplit.manifest import TensorSpec
 from onnxsplit.splitting import split
 
@@ -122,3 +122,77 @@ def test_cli_bench(transformer, capsys):
 
     code = main(["bench", str(transformer), "--seconds", "0.1", "--batch", "0"])
     assert code == 1 and capsys.readouterr().err.strip() == "onnxsplit: error: --batch must be at least 1, got 0"
+
+
+def _throughput(label: str, per_round: tuple[float, ...]) -> Throughput:
+    return Throughput(label, 1, 10, 1.0, sum(per_round) / len(per_round), 1.0, 2.0, per_round)
+
+
+def test_core_warning():
+    assert core_warning(2, 2) is None and core_warning(1, 8) is None
+    assert core_warning(4, 2) == ("the CPU stages run 4 threads in all on 2 cores: they share cores, so the pipeline "
+                                  "is slower and its stages' times longer than on separate devices")
+    assert "on 1 core:" in core_warning(2, 1)
+
+
+def test_spread_warning():
+    steady = _throughput("pipeline (2 stages)", (100.0, 110.0, 105.0))
+    assert steady.spread == pytest.approx(0.1)
+    assert _throughput("one round", (50.0,)).spread == 0.0
+    assert spread_warning([steady]) is None
+    assert spread_warning([steady], limit=0.05) is not None
+    busy = _throughput("original, 1 thread", (100.0, 40.0))
+    assert busy.spread == pytest.approx(1.5)
+    assert spread_warning([steady, busy]) == (
+        "rounds spread by 150% (original, 1 thread: 40.0 to 100.0 samples/s, more than the 20% a quiet machine "
+        "stays within): the machine is busy, so the speed-up ratios are unreliable")
+    assert spread_warning([]) is None
+
+
+def test_bench_warns_when_stages_outnumber_cores(transformer, monkeypatch):
+    # Two one-thread stages on a process allowed one core: they cannot each have their own.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    result = _within(bench, transformer, seconds=0.1, warmup=0.0, rounds=1, spread_limit=math.inf)
+    assert result.warnings == (core_warning(2, 1),)
+    assert all(s.cores == () for s in result.stages)  # not pinned either
+    assert json.loads(json.dumps(result.as_dict()))["warnings"] == [core_warning(2, 1)]
+
+
+@pytest.fixture
+def uneven_rounds(monkeypatch):
+    """The original model's rounds alternate between 1000 and 500 samples/s, whatever the machine does."""
+    from onnxsplit.runtime import bench as bench_module
+
+    turns: dict[int, int] = {}
+
+    def measure(session, feeds, *, seconds, warmup):
+        turn = turns[id(session)] = turns.get(id(session), -1) + 1
+        return bench_module._Window(10, 0.01 if turn % 2 == 0 else 0.02, (0.001,) * 10)
+
+    monkeypatch.setattr(bench_module, "_measure_session", measure)
+
+
+def test_bench_warns_when_rounds_spread(transformer, uneven_rounds, capsys):
+    result = _within(bench, transformer, seconds=0.2, warmup=0.0, rounds=2, pin=False)
+    assert result.original_1.spread >= 0.5 and not result.reliable
+    assert any(w.startswith("rounds spread by") for w in result.warnings)
+    calm = _within(bench, transformer, seconds=0.2, warmup=0.0, rounds=2, pin=False, spread_limit=math.inf)
+    assert calm.reliable and not any(w.startswith("rounds spread") for w in calm.warnings)
+    with pytest.raises(UsageError, match="spread_limit must be zero or more"):
+        bench(transformer, seconds=0.1, spread_limit=float("nan"))
+
+    code = _within(main, ["bench", str(transformer), "--seconds", "0.2", "--warmup", "0", "--rounds", "2", "--no-pin"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "onnxsplit: warning: rounds spread by " in captured.err
+    ratio_lines = [line for line in captured.out.splitlines() if line.startswith("pipeline / original")]
+    assert len(ratio_lines) == 2 and all("x (unreliable: rounds spread " in line for line in ratio_lines)
+
+    code = _within(main, ["bench", str(transformer), "--seconds", "0.2", "--warmup", "0", "--rounds", "2", "--no-pin",
+                          "--json"])
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert code == 0 and doc["reliable"] is False and doc["spread"] >= 0.5
+    assert any(w.startswith("rounds spread by") for w in doc["warnings"])
+    assert "onnxsplit: warning: rounds spread by " in captured.err
