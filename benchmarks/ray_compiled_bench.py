@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: 127.0.0.1 stays itself
+# A stage actor that misses teardown's cancellation is killed after this many seconds (Ray's default is 30).
+os.environ.setdefault("RAY_CGRAPH_teardown_timeout", "5")
 
 import numpy as np
 from ray_bench import MODELS, median_latency_us, start_local_ray, tiny_splits
@@ -111,7 +113,9 @@ class CompiledChain:
     def close(self) -> None:
         import ray
 
-        self.graph.teardown()
+        # kill_actors: on this Ray, a stage actor polling its input channel can miss the cancellation and
+        # keep teardown() waiting for ever; the actors are of no further use anyway.
+        self.graph.teardown(kill_actors=True)
         for actor in self.actors:
             ray.kill(actor)
 
