@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: 127.0.0.1 stays itself
@@ -57,27 +59,48 @@ def _tiny(path: Path) -> Path:
     return path
 
 
-def _median_latency_us(outdir: Path, engine: str, *, requests: int) -> float:
-    feeds = {"x": np.ones((1, 16), dtype=np.float32)}
-    with Pipeline(outdir, engine=engine) as pipe:
-        for _ in range(20):
-            pipe.run(feeds)
-        times = []
-        for _ in range(requests):
-            t0 = time.perf_counter()
-            pipe.run(feeds)
-            times.append(time.perf_counter() - t0)
+def median_latency_us(run: Callable[[], object], *, requests: int, warmup: int = 20) -> float:
+    """The median time of ``run()`` called one at a time, in microseconds (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
 
-def hop_costs(work: Path, *, requests: int = 300, engines: tuple[str, ...] = ENGINES) -> dict[str, float]:
+def tiny_splits(work: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """The two-node model split as 1 stage and as 2 stages (one hop apart), and its feeds."""
     model = _tiny(work / "tiny.onnx")
     one, two = work / "tiny1", work / "tiny2"
-    split(model, one, devices=1, costs="estimate")
+    split(model, one, devices=1, costs="estimate", force=True)
     (work / "plan2.json").write_text(json.dumps({"relu": 0, "neg": 1}))
-    split(model, two, devices=2, plan=work / "plan2.json", costs="estimate")
-    return {e: _median_latency_us(two, e, requests=requests) - _median_latency_us(one, e, requests=requests)
-            for e in engines}
+    split(model, two, devices=2, plan=work / "plan2.json", costs="estimate", force=True)
+    return one, two, {"x": np.ones((1, 16), dtype=np.float32)}
+
+
+def hop_costs(work: Path, *, engines: tuple[str, ...] = ENGINES, requests: int = 300) -> dict[str, float]:
+    """Microseconds one more stage boundary adds to a request, per engine: 2 stages minus 1 stage."""
+    one, two, feeds = tiny_splits(work)
+
+    def latency(outdir: Path, engine: str) -> float:
+        with Pipeline(outdir, engine=engine) as pipe:
+            return median_latency_us(lambda: pipe.run(feeds), requests=requests)
+
+    return {e: latency(two, e) - latency(one, e) for e in engines}
+
+
+def start_local_ray():
+    """A local Ray instance on 127.0.0.1 for this process (the engines then use it rather than start their own)."""
+    import ray
+
+    # A new instance ("local"), never a cluster some other program left running on this machine;
+    # logical CPUs: room for every stage's bundle even on a 2-core machine.
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             num_cpus=max(os.cpu_count() or 1, 4), logging_level=logging.WARNING)
+    return ray
 
 
 def main() -> None:
@@ -91,11 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     engines = tuple(args.engines.split(","))
 
-    if "ray" in engines:
-        import ray
-
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 num_cpus=max(os.cpu_count() or 1, 4))
+    ray = start_local_ray() if "ray" in engines else None
     console = Console(width=140)
     console.print(f"load average before: {os.getloadavg()}")
     table = Table(title="2 stages: in-process engine vs Ray engine (each next to the original, 1 thread)")

@@ -542,8 +542,9 @@ def _connect(ray: Any, address: str | None, *, cpus: int) -> bool:
         if target:
             ray.init(address=target, log_to_driver=False)
             return False
+        # A new instance of our own ("local"), never a cluster another program left running on this machine.
         # Logical CPUs only: enough for every stage's bundle even where the machine has fewer cores.
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                  num_cpus=max(os.cpu_count() or 1, cpus))
         _owned_users = 1
         return True
