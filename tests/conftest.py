@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,3 +43,45 @@ def split_and_check(model_path, outdir, devices, **kwargs):
         onnx.checker.check_model(str(Path(outdir) / stage.file), full_check=True)
     report = validate(outdir, check_handoffs=True)
     return result, report
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """A folder even root cannot write into (chattr +i); skipped where the file system or the user cannot set it."""
+    folder = tmp_path / "immutable"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    except OSError:
+        pytest.skip("no chattr here")
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i refused: {done.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The raised error's message, which must be one non-empty line."""
+    text = str(exc.value)
+    assert text and "\n" not in text, text
+    return text
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """Run the command line in-process: its exit code and what it wrote on stderr."""
+    from onnxsplit.cli.main import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def one_error_line(code, err, *needles) -> str:
+    """Exit 1 and exactly one ``onnxsplit: error:`` line, last, with no traceback; it holds every needle."""
+    assert code == 1, err
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("onnxsplit: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert all(line.startswith("onnxsplit: ") for line in lines), err  # no traceback
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

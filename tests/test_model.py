@@ -7,10 +7,10 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import one_error_line, one_line, run_cli
 from graphs import chain, f32, model, save
 from onnx import TensorProto, helper
 
-from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError
 from onnxsplit.model import check_source, load_model, sha256_of
 
@@ -34,28 +34,6 @@ def test_check_source(tmp_path):
     with pytest.raises(ModelError, match="sha256"):
         check_source(path, digest, what="this folder was split from")
 
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, text
-    return text
-
-
-def _cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err.strip()
-
-
-def _one_error_line(code, err, *needles):
-    assert code == 1, err
-    lines = err.splitlines()
-    errors = [line for line in lines if line.startswith("onnxsplit: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    assert all(line.startswith("onnxsplit: ") for line in lines), err  # no traceback
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,14 +82,14 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, where):
     path = _external_model(folder, location)
     with pytest.raises(ModelError) as exc:
         load_model(path)
-    message = _one_line(exc)
+    message = one_line(exc)
     assert "outside the model's folder" in message and "'W'" in message and "m.onnx" in message
 
 
-def test_etc_passwd_is_refused_by_the_cli(tmp_path, capsys):
+def test_etc_passwd_is_refused_by_therun_cli(tmp_path, capsys):
     path = _external_model(tmp_path / "a" / "b" / "c", "../../../../../../../../etc/passwd")
-    code, err = _cli(["split", path, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"], capsys)
-    _one_error_line(code, err, "outside the model's folder", "'W'")
+    code, err = run_cli(["split", path, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"], capsys)
+    one_error_line(code, err, "outside the model's folder", "'W'")
     assert not (tmp_path / "out").exists()
 
 
@@ -121,25 +99,25 @@ def test_truncated_and_missing_external_data(tmp_path):
     (folder / "w.bin").write_bytes(b"\0" * 20)  # 8 + 16 = 24 bytes needed
     with pytest.raises(ModelError) as exc:
         load_model(path)
-    message = _one_line(exc)
+    message = one_line(exc)
     assert "truncated" in message and "'W'" in message and "'w.bin'" in message and "20" in message
     # Without a length, the tensor's dims say how many bytes it needs.
     path = _external_model(folder, "w.bin", dims=(8,))
     (folder / "w.bin").write_bytes(b"\0" * 16)
     with pytest.raises(ModelError) as exc:
         load_model(path)
-    assert "truncated" in _one_line(exc)
+    assert "truncated" in one_line(exc)
     (folder / "w.bin").write_bytes(b"\0" * 32)
     assert load_model(path)
     path = _external_model(folder, "nothing.bin")
     with pytest.raises(ModelError) as exc:
         load_model(path)
-    message = _one_line(exc)
+    message = one_line(exc)
     assert "'nothing.bin'" in message and "'W'" in message and "missing" in message
     path = _external_model(folder, "w.bin", offset="-3")
     with pytest.raises(ModelError) as exc:
         load_model(path)
-    assert "offset" in _one_line(exc)
+    assert "offset" in one_line(exc)
 
 
 def test_external_data_symlink_loop(tmp_path):
@@ -149,7 +127,7 @@ def test_external_data_symlink_loop(tmp_path):
     (folder / "b.bin").symlink_to(folder / "a.bin")
     with pytest.raises(ModelError) as exc:
         load_model(_external_model(folder, "a.bin"))
-    assert "'a.bin'" in _one_line(exc)
+    assert "'a.bin'" in one_line(exc)
 
 
 def test_a_symlink_loop_as_the_model_path(tmp_path, capsys):
@@ -157,9 +135,9 @@ def test_a_symlink_loop_as_the_model_path(tmp_path, capsys):
     (tmp_path / "n.onnx").symlink_to(tmp_path / "m.onnx")
     with pytest.raises(ModelError) as exc:
         load_model(tmp_path / "m.onnx")
-    assert "m.onnx" in _one_line(exc) and "symlink loop" in _one_line(exc)
+    assert "m.onnx" in one_line(exc) and "symlink loop" in one_line(exc)
     for command in (["split", tmp_path / "m.onnx", "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"],
                     ["profile", tmp_path / "m.onnx", "-o", tmp_path / "p.json"]):
-        code, err = _cli(command, capsys)
-        _one_error_line(code, err, "m.onnx", "symlink loop")
+        code, err = run_cli(command, capsys)
+        one_error_line(code, err, "m.onnx", "symlink loop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "n.onnx"]

@@ -540,20 +540,6 @@ def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(good, tmp_path
     assert _snapshot(tmp_path / "out") == before and _scratch(tmp_path) == []
 
 
-@pytest.fixture
-def immutable(tmp_path):
-    """A folder even root cannot write into (chattr +i); skipped where the file system or the user cannot set it."""
-    folder = tmp_path / "immutable"
-    folder.mkdir()
-    try:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
-    except OSError:
-        pytest.skip("no chattr here")
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i refused: {done.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["chattr", "-i", str(folder)], check=True)
-
 
 def test_an_immutable_parent(good, immutable, capsys):
     for flags in ([], ["--force"]):

@@ -6,6 +6,7 @@ import json
 
 import onnx
 import pytest
+from conftest import one_error_line, one_line, run_cli
 from graphs import chain, f32, model, save
 from onnx import TensorProto, helper
 
@@ -20,28 +21,6 @@ from onnxsplit.shapes import (
     resolve_input_shapes,
 )
 
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, text
-    return text
-
-
-def _cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err.strip()
-
-
-def _one_error_line(code, err, *needles):
-    assert code == 1, err
-    lines = err.splitlines()
-    errors = [line for line in lines if line.startswith("onnxsplit: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    assert all(line.startswith("onnxsplit: ") for line in lines), err  # no traceback
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +59,7 @@ def test_minus_one_is_symbolic(tmp_path):
 def test_minus_one_model_splits_at_a_given_shape(tmp_path, capsys):
     path = _minus_one_model(tmp_path)
     out = tmp_path / "out"
-    code, err = _cli(["split", path, "--devices", 2, "--costs", "estimate", "--input-shape", "x:1x3x48x192",
+    code, err = run_cli(["split", path, "--devices", 2, "--costs", "estimate", "--input-shape", "x:1x3x48x192",
                       "-o", out], capsys)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -105,20 +84,20 @@ def test_parse_input_shapes_refuses_repeats_and_empty_dims():
     assert parse_input_shapes(["x:2x8", "mask:", "a:b:1"]) == {"x": (2, 8), "mask": (), "a:b": (1,)}
     with pytest.raises(UsageError) as exc:
         parse_input_shapes(["x:2x8", "x:3x8"])
-    assert "'x'" in _one_line(exc) and "already" in _one_line(exc)
+    assert "'x'" in one_line(exc) and "already" in one_line(exc)
     for bad in ("x:0x8", "x:2x-1", "x:2x0"):
         with pytest.raises(UsageError) as exc:
             parse_input_shapes([bad])
-        assert repr(bad) in _one_line(exc) and "positive" in _one_line(exc)
+        assert repr(bad) in one_line(exc) and "positive" in one_line(exc)
 
 
 def test_repeated_input_shape_on_the_command_line(tmp_path, capsys):
     good = save(chain(3), tmp_path / "good.onnx")
-    code, err = _cli(["split", good, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out",
+    code, err = run_cli(["split", good, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out",
                       "--input-shape", "x:2x8", "--input-shape", "x:3x8"], capsys)
-    _one_error_line(code, err, "'x'", "already")
-    code, err = _cli(["profile", good, "-o", tmp_path / "p.json", "--input-shape", "x:0x8"], capsys)
-    _one_error_line(code, err, "--input-shape", "positive")
+    one_error_line(code, err, "'x'", "already")
+    code, err = run_cli(["profile", good, "-o", tmp_path / "p.json", "--input-shape", "x:0x8"], capsys)
+    one_error_line(code, err, "--input-shape", "positive")
     assert not (tmp_path / "out").exists() and not (tmp_path / "p.json").exists()
 
 
@@ -130,15 +109,15 @@ def test_inputs_bigger_than_memory_are_refused(tmp_path, capsys):
     m = load_model(path)
     with pytest.raises(UsageError) as exc:
         check_input_memory(m, {"input_ids": (1000, 32)}, limit=100_000)
-    message = _one_line(exc)
+    message = one_line(exc)
     assert "256.0 kB" in message and "input_ids:1000x32" in message and "100.0 kB" in message
     check_input_memory(m, {"input_ids": (1000, 32)}, limit=256_000)
     # 10**12 x 32 int64 is 256 TB: more than any machine that runs this test.
     with pytest.raises(UsageError) as exc:
         resolve_input_shapes(m, {"input_ids": (10**12, 32)})
-    assert "256.0 TB" in _one_line(exc)
+    assert "256.0 TB" in one_line(exc)
     for command in (["split", path, "--devices", 2, "--costs", "estimate", "-o", tmp_path / "out"],
                     ["profile", path, "-o", tmp_path / "p.json"]):
-        code, err = _cli([*command, "--input-shape", "input_ids:1000000000000x32"], capsys)
-        _one_error_line(code, err, "256.0 TB", "memory")
+        code, err = run_cli([*command, "--input-shape", "input_ids:1000000000000x32"], capsys)
+        one_error_line(code, err, "256.0 TB", "memory")
     assert not (tmp_path / "out").exists() and not (tmp_path / "p.json").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -101,23 +100,12 @@ def test_read_only_folder(split_dir, feeds, tmp_path, capsys, command):
 
 
 @pytest.mark.parametrize("command", ["run", "costgraph"])
-def test_immutable_folder(split_dir, feeds, tmp_path, capsys, command):
+def test_immutable_folder(split_dir, feeds, immutable, capsys, command):
     """chattr +i: a folder even root cannot write into (the test above is skipped for root)."""
-    folder = tmp_path / "immutable"
-    folder.mkdir()
-    try:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
-    except OSError:
-        pytest.skip("no chattr here")
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i refused: {done.stderr.decode().strip()}")
-    try:
-        for force in ([], ["--force"]):
-            argv = _run(split_dir, feeds, folder / "x.out") if command == "run" else _costgraph(folder / "x.out")
-            assert str(folder) in _error([*argv, *force], capsys)
-            assert not list(folder.iterdir())
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    for force in ([], ["--force"]):
+        argv = _run(split_dir, feeds, immutable / "x.out") if command == "run" else _costgraph(immutable / "x.out")
+        assert str(immutable) in _error([*argv, *force], capsys)
+        assert not list(immutable.iterdir())
 
 
 @pytest.mark.parametrize("command", ["run", "costgraph"])
