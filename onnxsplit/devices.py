@@ -71,10 +71,40 @@ class Devices:
         return tuple(k for k in self.kinds for _ in range(k.count))
 
     def link_between(self, a: int, b: int) -> Link:
+        return self.pair_link(a, b) or self.link
+
+    def pair_link(self, a: int, b: int) -> Link | None:
+        """The ``[[pair]]`` link between devices a and b, or None where they use the default link."""
+        key = (min(a, b), max(a, b))
         for pair, link in self.pairs:
-            if pair == (min(a, b), max(a, b)):
+            if pair == key:
                 return link
-        return self.link
+        return None
+
+    def interchangeable(self) -> tuple[tuple[int, ...], ...]:
+        """Devices grouped into classes that can swap places without changing any plan's loads.
+
+        Two devices are interchangeable when they have the same kind and the
+        same link to every other device; swapping them maps every placement
+        to one with the same loads. The relation is transitive (a swap of a
+        and c is the swaps (a b)(b c)(a b)), so the classes partition the
+        devices. Classes are in order of their lowest device, each sorted.
+        """
+        kinds = self.expanded()
+        n = len(kinds)
+        links = [[None if a == b else self.pair_link(a, b) for b in range(n)] for a in range(n)]
+
+        def same(a: int, b: int) -> bool:
+            return kinds[a] == kinds[b] and all(links[a][c] == links[b][c] for c in range(n) if c not in (a, b))
+
+        classes: list[list[int]] = []
+        for d in range(n):
+            home = next((c for c in classes if same(c[0], d)), None)
+            if home is None:
+                classes.append([d])
+            else:
+                home.append(d)
+        return tuple(tuple(c) for c in classes)
 
     def provider_options(self, device: int) -> dict[str, str]:
         """The onnxruntime provider options of one device, its device_id included."""

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Sequence, TypeVar
 
-from onnxsplit.costgraph import CostGraph
-from onnxsplit.devices import Devices
+from onnxsplit.costgraph import CostGraph, Tensor
+from onnxsplit.devices import Devices, Link
 from onnxsplit.errors import PlanError
 
 
@@ -113,10 +113,38 @@ class Plan:
         return max(0.0, (self.value - self.lower_bound) / self.value)
 
 
+def hand_off_ms(tensor: Tensor, link: Link | None) -> float:
+    """Time to move ``tensor`` over ``link`` (None: the default link), in milliseconds.
+
+    ``tensor.cost`` is the tensor's price on the default link: the cost graph
+    was built with it (or, for the paper's graphs, measured). A ``[[pair]]``
+    link prices the tensor's bytes, ``link.ms(nbytes)``. Two exceptions keep
+    ``tensor.cost`` on every link: a tensor that costs nothing (the rewrite
+    copies its constant producer into each stage that reads it, so no link
+    carries it) and a tensor whose size is unknown (``nbytes`` 0, as in the
+    paper's graphs): there is nothing to price but the given cost.
+    """
+    if link is None or tensor.cost == 0 or tensor.nbytes <= 0:
+        return tensor.cost
+    return link.ms(tensor.nbytes)
+
+
 def stage_loads(
     graph: CostGraph, devices: Devices, stage_of: tuple[int, ...] | list[int], stage_device: tuple[int, ...] | list[int]
 ) -> list[StageLoad]:
-    """Loads of every stage, recomputed from scratch."""
+    """Loads of every stage, recomputed from scratch.
+
+    Each receiving device pays the tensor's price on its own link from the
+    sender (:func:`hand_off_ms`); the sender pays once, at the price of its
+    slowest link among the receivers: it pushes one copy down each link and
+    is busy until the slowest is through (links that run at once, the
+    common case of one NIC or one PCIe root per device, would make this
+    optimistic; one send per receiver would count the same bytes twice on a
+    broadcast). Without ``[[pair]]`` links every price is ``tensor.cost``
+    and this is the paper's rule exactly.
+    """
+    if devices.pairs:
+        return _linked_stage_loads(graph, devices, stage_of, stage_device)
     kinds = devices.expanded()
     nstages = len(stage_device)
     compute = [0.0] * nstages
@@ -138,6 +166,39 @@ def stage_loads(
         for d in dests:
             if kinds[stage_device[d]].communicates:
                 receive[d] += t.cost
+    return [StageLoad(compute[s], receive[s], send[s], memory[s]) for s in range(nstages)]
+
+
+def _linked_stage_loads(graph: CostGraph, devices: Devices, stage_of, stage_device) -> list[StageLoad]:
+    """:func:`stage_loads` with every hand-off priced on the link between its two devices."""
+    kinds = devices.expanded()
+    nstages = len(stage_device)
+    compute = [0.0] * nstages
+    memory = [0.0] * nstages
+    for v in range(graph.n):
+        s = stage_of[v]
+        compute[s] += graph.compute[kinds[stage_device[s]].name][v]
+        memory[s] += graph.memory[v]
+    receive = [0.0] * nstages
+    send = [0.0] * nstages
+    links: dict[tuple[int, int], Link | None] = {}
+    for t in graph.tensors:
+        src = stage_of[t.producer]
+        dests = {stage_of[c] for c in t.consumers} - {src}
+        if not dests:
+            continue
+        a = stage_device[src]
+        prices = {}
+        for d in dests:
+            b = stage_device[d]
+            if (a, b) not in links:
+                links[a, b] = devices.pair_link(a, b)
+            prices[d] = hand_off_ms(t, links[a, b])
+        if kinds[a].communicates:
+            send[src] += max(prices.values())
+        for d in dests:
+            if kinds[stage_device[d]].communicates:
+                receive[d] += prices[d]
     return [StageLoad(compute[s], receive[s], send[s], memory[s]) for s in range(nstages)]
 
 

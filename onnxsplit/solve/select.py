@@ -169,12 +169,21 @@ def _run_auto(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan
     latency = _latency_if_asked(graph, devices, options)
     if latency is not None:
         return latency
+    if devices.pairs:  # hand-offs priced per pair of devices: stages and devices are chosen together
+        from onnxsplit.solve.links import solve_links
+
+        return solve_links(graph, devices, time_limit=options.time_limit,
+                           solve_chain=lambda g, d, t: _auto_throughput(g, d, time_limit=t))
     return _auto_throughput(graph, devices, time_limit=options.time_limit)
 
 
 def _run_dp(graph: CostGraph, devices: Devices, options: SolveOptions) -> Plan:
     from onnxsplit.solve.dp import solve_dp
 
+    if devices.pairs:
+        from onnxsplit.solve.links import solve_links
+
+        return solve_links(graph, devices, time_limit=options.time_limit)
     return solve_dp(graph, devices, time_limit=options.time_limit)
 
 
@@ -266,7 +275,12 @@ def solve(
                            mip_solver=mip_solver)
     if entry.check_fits:
         check_fits(graph, devices)
-    return entry.run(graph, devices, options)
+    plan = entry.run(graph, devices, options)
+    if devices.pairs and solver not in ("auto", "dp"):
+        from onnxsplit.solve.links import link_safe
+
+        plan = link_safe(graph, devices, plan)
+    return plan
 
 
 __all__ = ["OBJECTIVES", "REGISTRY", "SOLVERS", "SolveOptions", "SolverEntry", "check_fits", "solve"]
