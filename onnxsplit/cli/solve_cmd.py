@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{st['memory_bytes']:.4g}", f"{st['load_ms']:.4f}")
     console = common.console()
     console.print(table)
+    # With [[pair]] links the order of the devices matters: say it in one line.
+    console.print("devices in pipeline order: " + " -> ".join(f"{st['device_kind']}:{st['device']}" for st in stages))
     gap = doc["gap"]
     console.print(f"objective ({plan.objective}) {plan.value:.6f}   lower bound {plan.lower_bound:.6f}   "
                   f"gap {gap:.2%}" if gap is not None else f"objective {plan.value}")

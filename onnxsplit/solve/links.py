@@ -43,7 +43,7 @@ from onnxsplit.devices import Devices, Link
 from onnxsplit.errors import InfeasibleError, OnnxSplitError
 from onnxsplit.solve.plan import Plan, hand_off_ms, make_plan
 
-__all__ = ["Assignment", "LinkTable", "OrderBound", "assign_devices", "link_safe", "order_bound", "reprice", "solve_links"]
+__all__ = ["Assignment", "LinkTable", "OrderBound", "assign_devices", "link_safe", "order_bound", "order_count", "reprice", "solve_links"]
 
 log = logging.getLogger(__name__)
 
@@ -302,32 +302,12 @@ class OrderBound:
     chains: tuple[tuple[int, ...], ...]
 
 
-def _orders(classes: Sequence[Sequence[int]], cap: int) -> list[tuple[int, ...]] | None:
-    """Every order of all devices, one per class of interchangeable devices; None past ``cap``."""
-    sizes = [len(c) for c in classes]
-    count = math.factorial(sum(sizes))
-    for s in sizes:
-        count //= math.factorial(s)
-    if count > cap:
-        return None
-    out = []
-    used = [0] * len(classes)
-    current: list[int] = []
-
-    def walk() -> None:
-        if len(current) == sum(sizes):
-            out.append(tuple(current))
-            return
-        for c, members in enumerate(classes):
-            if used[c] < len(members):
-                current.append(members[used[c]])
-                used[c] += 1
-                walk()
-                used[c] -= 1
-                current.pop()
-
-    walk()
-    return out
+def order_count(classes: Sequence[Sequence[int]]) -> int:
+    """How many orders of all devices differ by more than a swap of interchangeable devices."""
+    count = math.factorial(sum(len(c) for c in classes))
+    for c in classes:
+        count //= math.factorial(len(c))
+    return count
 
 
 class _PairTable:
@@ -371,6 +351,18 @@ class _PairTable:
         size = member.sum(axis=1)
         self.full = int(np.flatnonzero(size == cg.n)[0])
         self.empty = int(np.flatnonzero(size == 0)[0])
+        # Every set of links a device can have to the devices before (or after) it: any non-empty subset
+        # of the links it touches. Loads are kept per such set, not per tensor, which keeps pairs small.
+        family: set[frozenset[int]] = {frozenset()}
+        for d in range(devices.count):
+            touched = sorted({int(x) for x in table.link_id[d] if x >= 0})
+            for r in range(1, len(touched) + 1):
+                family.update(frozenset(c) for c in itertools.combinations(touched, r))
+        self.sets = {f: i for i, f in enumerate(sorted(family, key=sorted))}
+        columns = np.zeros((len(keys), len(self.sets)))
+        for f, i in self.sets.items():
+            if f:
+                columns[:, i] = self.price[:, sorted(f)].min(axis=1)
         order = np.argsort(size, kind="stable")
         inner_l, outer_l, recv_l, send_l = [], [], [], []
         comp_l: dict[str, list[np.ndarray]] = {k.name: [] for k in kinds}
@@ -396,19 +388,19 @@ class _PairTable:
             keep = cheap_load <= upper * (1 + _REL) + 1e-12
             if not keep.any():
                 continue
-            cells += int(keep.sum()) * max(1, len(keys))
+            cells += int(keep.sum()) * (len(kinds) + 2 * len(self.sets))
             if cells > max_cells:
                 raise MemoryError
             inner_l.append(sub[keep])
             outer_l.append(np.full(int(keep.sum()), i))
-            recv_l.append(recv[keep])
-            send_l.append(send[keep])
+            recv_l.append(recv[keep] @ columns)
+            send_l.append(send[keep] @ columns)
             for k in kinds:
                 comp_l[k.name].append(per_kind[k.name][keep])
         self.inner = np.concatenate(inner_l) if inner_l else np.zeros(0, np.int64)
         self.outer = np.concatenate(outer_l) if outer_l else np.zeros(0, np.int64)
-        self.recv = np.concatenate(recv_l).astype(np.float64) if recv_l else np.zeros((0, len(keys)))
-        self.send = np.concatenate(send_l).astype(np.float64) if send_l else np.zeros((0, len(keys)))
+        self.recv = np.concatenate(recv_l) if recv_l else np.zeros((0, len(self.sets)))
+        self.send = np.concatenate(send_l) if send_l else np.zeros((0, len(self.sets)))
         self.comp = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in comp_l.items()}
         # Pairs grouped by their outer ideal, for one segmented minimum per layer.
         by_outer = np.argsort(self.outer, kind="stable")
@@ -416,53 +408,64 @@ class _PairTable:
         self.recv, self.send = self.recv[by_outer], self.send[by_outer]
         self.comp = {name: v[by_outer] for name, v in self.comp.items()}
         self.heads, self.starts = np.unique(self.outer, return_index=True)
+        self._loads: dict[tuple[str, frozenset[int], frozenset[int]], np.ndarray] = {}
 
-    def position_prices(self, devices: Devices, table: LinkTable, order: Sequence[int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """Per position of ``order``: its kind, and each group's receive and send price bound there."""
-        kinds = devices.expanded()
-        out = []
-        for q, d in enumerate(order):
-            if not kinds[d].communicates or not len(self.price):
-                zero = np.zeros(len(self.price))
-                out.append((kinds[d].name, zero, zero))
-                continue
-            before = [table.link_id[e, d] for e in order[:q]]
-            after = [table.link_id[d, e] for e in order[q + 1:]]
-            recv = self.price[:, before].min(axis=1) if before else np.zeros(len(self.price))
-            send = self.price[:, after].min(axis=1) if after else np.zeros(len(self.price))
-            out.append((kinds[d].name, recv, send))
-        return out
+    def load(self, devices: Devices, table: LinkTable, device: int, before: frozenset[int],
+             after: frozenset[int]) -> np.ndarray:
+        """Each pair's load bound on ``device`` with devices ``before`` earlier in the order and ``after`` later.
 
-    def run(self, positions: list[tuple[str, np.ndarray, np.ndarray]], *, track: bool = False):
-        """The DP along positions: best max load covering each ideal; with ``track``, the chain to the full one."""
+        A tensor received there costs at least its cheapest link from an earlier
+        device, and one sent at least its cheapest to a later device; only the
+        set of those links matters, so loads are cached by (kind, link sets).
+        """
+        kind = devices.expanded()[device]
+        talks = kind.communicates and len(self.price) > 0
+        into = frozenset(int(table.link_id[e, device]) for e in before) if talks else frozenset()
+        out = frozenset(int(table.link_id[device, e]) for e in after) if talks else frozenset()
+        key = (kind.name, into, out)
+        cached = self._loads.get(key)
+        if cached is None:
+            cached = self.comp[kind.name].copy()
+            if into:
+                cached += self.recv[:, self.sets[into]]
+            if out:
+                cached += self.send[:, self.sets[out]]
+            self._loads[key] = cached
+        return cached
+
+    def layer(self, best: np.ndarray, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One more position: the best max load covering each ideal, and the pairs' values."""
+        vals = np.maximum(best[self.inner], load)
+        nxt = best.copy()
+        if len(vals):
+            nxt[self.heads] = np.minimum(nxt[self.heads], np.minimum.reduceat(vals, self.starts))
+        return nxt, vals
+
+    def start(self) -> np.ndarray:
         best = np.full(self.n_ideals, math.inf)
         best[self.empty] = 0.0
-        choices = []
-        for name, recv, send in positions:
-            load = self.comp[name] + self.recv @ recv + self.send @ send
-            vals = np.maximum(best[self.inner], load)
-            nxt = best.copy()
-            if len(vals):
-                seg = np.minimum.reduceat(vals, self.starts)
-                nxt[self.heads] = np.minimum(nxt[self.heads], seg)
-            if track:
-                choices.append((vals, best.copy()))
+        return best
+
+    def chain(self, devices: Devices, table: LinkTable, order: Sequence[int]) -> list[tuple[int, int] | None]:
+        """The chain of one order that reaches its bound: per position a pair (J, I), or None if empty."""
+        best = self.start()
+        history = []
+        for q, d in enumerate(order):
+            load = self.load(devices, table, d, frozenset(order[:q]), frozenset(order[q + 1:]))
+            nxt, vals = self.layer(best, load)
+            history.append((vals, best))
             best = nxt
-        if not track:
-            return float(best[self.full]), None
         # Walk back: at each position either the stage is empty or some pair reached the value.
-        chain: list[tuple[int, int] | None] = []
+        steps: list[tuple[int, int] | None] = []
         target, at = best[self.full], self.full
-        for q in range(len(positions) - 1, -1, -1):
-            vals, before = choices[q]
+        for vals, before in reversed(history):
             if before[at] <= target:
-                chain.append(None)
+                steps.append(None)
                 continue
-            seg = np.flatnonzero((self.outer == at) & (vals <= target))
-            j = int(self.inner[seg[0]])
-            chain.append((j, at))
+            j = int(self.inner[np.flatnonzero((self.outer == at) & (vals <= target))[0]])
+            steps.append((j, at))
             at = j
-        return float(best[self.full]), chain[::-1]
+        return steps[::-1]
 
     def stage_of(self, chain: list[tuple[int, int] | None]) -> tuple[int, ...]:
         stage = np.full(self.member.shape[1], -1, dtype=np.int64)
@@ -495,8 +498,7 @@ def order_bound(
     from onnxsplit.solve.lattice import DPTooLarge
 
     deadline = time.monotonic() + time_limit
-    orders = _orders(devices.interchangeable(), max_orders)
-    if orders is None:
+    if order_count(devices.interchangeable()) > max_orders:
         log.info("links: more than %d device orders; no per-order bound", max_orders)
         return None
     table = LinkTable.of(devices)
@@ -506,20 +508,43 @@ def order_bound(
     except (DPTooLarge, MemoryError, TimeoutError) as exc:
         log.info("links: per-order bound skipped (%s)", type(exc).__name__)
         return None
-    values = []
-    for order in orders:
+    # Depth first over order prefixes: a prefix's DP layers are shared by every order that starts with it.
+    classes = devices.interchangeable()
+    everyone = frozenset(range(devices.count))
+    used = [0] * len(classes)
+    prefix: list[int] = []
+    finished: list[tuple[float, tuple[int, ...]]] = []
+
+    def walk(best: np.ndarray) -> None:
         if time.monotonic() > deadline:
-            return None
-        value, _ = pairs.run(pairs.position_prices(devices, table, order))
-        values.append(value)
-    least = min(values, default=math.inf)
+            raise TimeoutError
+        if len(prefix) == devices.count:
+            finished.append((float(best[pairs.full]), tuple(prefix)))
+            return
+        for c, members in enumerate(classes):
+            if used[c] == len(members):
+                continue
+            d = members[used[c]]
+            before = frozenset(prefix)
+            load = pairs.load(devices, table, d, before, everyone - before - {d})
+            used[c] += 1
+            prefix.append(d)
+            walk(pairs.layer(best, load)[0])
+            prefix.pop()
+            used[c] -= 1
+
+    try:
+        walk(pairs.start())
+    except TimeoutError:
+        log.info("links: per-order bound ran out of time")
+        return None
+    least = min((v for v, _ in finished), default=math.inf)
     chains = []
     if math.isfinite(least):
-        for order, value in zip(orders, values):
+        for value, order in finished:
             if value <= least * (1 + _REL) and len(chains) < 4:
-                _, chain = pairs.run(pairs.position_prices(devices, table, order), track=True)
-                chains.append(pairs.stage_of(chain))
-    return OrderBound(min(least, upper_bound), len(orders), tuple(chains))
+                chains.append(pairs.stage_of(pairs.chain(devices, table, order)))
+    return OrderBound(min(least, upper_bound), len(finished), tuple(chains))
 
 
 # ---------------------------------------------------------------- the solver
