@@ -63,7 +63,7 @@ def measure(path: Path, *, time_limit: float, q: int) -> dict:
     row["bound"] = plan.lower_bound
     row["gap"] = plan.gap
     row["bound_source"] = next((n[len("bound from "):] for n in plan.notes if n.startswith("bound from ")), "")
-    if not row["bound_source"] and any(n.startswith("optimal: meets") for n in plan.notes):
+    if not row["bound_source"] and any(n.startswith("optimal: equals") for n in plan.notes):
         row["bound_source"] = row["simple_source"]
     return row
 

@@ -605,7 +605,7 @@ def solve_latency_ip(
                                  notes=("warm start",)))
     incumbent = min(pool, key=lambda p: p.value, default=None)
     if incumbent is not None and incumbent.value <= simple * (1 + 1e-12) + 1e-12:
-        notes = incumbent.notes + (f"optimal: meets the {simple_source} bound; no integer program needed",)
+        notes = incumbent.notes + (f"optimal: equals the lower bound from {simple_source}; no integer program needed",)
         return replace(incumbent, solver=Solver.IP_LATENCY, lower_bound=min(simple, incumbent.value), notes=notes)
     start_plan = min((p for p in pool if _max_pieces(graph, devices, plan_devices(p)) <= q),
                      key=lambda p: p.value, default=None)
