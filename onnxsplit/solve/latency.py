@@ -22,17 +22,25 @@ two calls wait on each other), and list-schedules them.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 from dataclasses import dataclass, replace
 
 import mip
+import numpy as np
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
-from onnxsplit.errors import PlanError
+from onnxsplit.errors import InfeasibleError, PlanError
 from onnxsplit.solve.ip import crossing, new_model, no_solution, run_model
-from onnxsplit.solve.plan import Objective, Plan, Solver, fits_devices, plan_from_devices
+from onnxsplit.solve.plan import (
+    Objective,
+    Plan,
+    Solver,
+    fits_devices,
+    plan_from_devices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +201,351 @@ def latency_plan(
     return replace(base, value=value, lower_bound=min(lower_bound, value), objective=Objective.LATENCY)
 
 
+def _fastest(graph: CostGraph, devices: Devices) -> list[float]:
+    """Each node's time at its fastest kind that has devices (0 where none can run it)."""
+    best = [min((graph.compute[k.name][v] for k in devices.kinds if k.count), default=0.0) for v in range(graph.n)]
+    return [0.0 if math.isinf(c) else c for c in best]
+
+
+def _heads(graph: CostGraph, weight: list[float]) -> list[float]:
+    """Heaviest path ending at each node, the node's own weight included."""
+    head = [0.0] * graph.n
+    preds = graph.predecessors()
+    for v in range(graph.n):
+        head[v] = weight[v] + max((head[u] for u in preds[v]), default=0.0)
+    return head
+
+
 def critical_path(graph: CostGraph, devices: Devices) -> float:
     """Longest path with every node at its fastest kind: no placement beats it.
 
     Along a path each node computes after its predecessor's output is ready,
     whether the two share an atomic piece or not.
     """
-    best = [min((graph.compute[k.name][v] for k in devices.kinds if k.count), default=0.0) for v in range(graph.n)]
-    best = [0.0 if math.isinf(c) else c for c in best]
-    finish = [0.0] * graph.n
+    return max(_heads(graph, _fastest(graph, devices)), default=0.0)
+
+
+def _critical_chain(graph: CostGraph, devices: Devices) -> list[int]:
+    """The nodes of one longest path at fastest times, in order."""
+    return _heaviest_chain(graph, _fastest(graph, devices))
+
+
+def _heaviest_chain(graph: CostGraph, weight: list[float]) -> list[int]:
+    """The nodes of one path of greatest total node weight, in order."""
+    head = _heads(graph, weight)
     preds = graph.predecessors()
-    for v in range(graph.n):
-        finish[v] = best[v] + max((finish[u] for u in preds[v]), default=0.0)
-    return max(finish, default=0.0)
+    v = max(range(graph.n), key=head.__getitem__)
+    chain = [v]
+    while preds[v]:
+        v = max(preds[v], key=head.__getitem__)
+        chain.append(v)
+    return chain[::-1]
+
+
+def _path_bound(graph: CostGraph, devices: Devices, chain: list[int], *, q: int) -> float:
+    """The least time the calls along ``chain`` can take, whatever the rest of the graph does.
+
+    Along a path, calls run one after another. Cut the path into runs: a run
+    on a communicating device is (part of) one piece, which computes the
+    run's nodes, receives the tensor entering the run and sends the one
+    leaving it; a node on a quiet device computes. Minimise the sum over
+    runs with each run's own memory within its device's and at most q runs
+    per communicating device: every plan pays at least that.
+    """
+    kinds = [k for k in devices.kinds if k.count]
+    talkers = [k for k in kinds if k.communicates]
+    quiet = [k for k in kinds if not k.communicates]
+    m = len(chain)
+    runs = q * sum(k.count for k in talkers)
+    into = [0.0] * (m + 1)  # into[j]: transfer from chain[j-1] to chain[j]; 0 at both ends
+    for j in range(1, m):
+        u, v = chain[j - 1], chain[j]
+        into[j] = math.fsum(t.cost for t in graph.tensors if t.producer == u and v in t.consumers)
+    edge = np.array(into)
+    alone = [min((graph.compute[k.name][v] for k in quiet), default=math.inf) for v in chain]
+    prefix = {k.name: np.concatenate([[0.0], np.cumsum([graph.compute[k.name][v] for v in chain])]) for k in talkers}
+    memory = np.concatenate([[0.0], np.cumsum([graph.memory[v] for v in chain])])
+    best = np.full((m + 1, runs + 1), math.inf)
+    best[0, 0] = 0.0
+    for i in range(m):
+        best[i + 1] = np.minimum(best[i + 1], best[i] + alone[i])
+        if not runs:
+            continue
+        cost = np.full(m - i, math.inf)
+        for k in talkers:
+            # inf - inf is nan where an unsupported node sits on both sides; nan never wins a minimum.
+            with np.errstate(invalid="ignore"):
+                work = prefix[k.name][i + 1:] - prefix[k.name][i]
+            fits = memory[i + 1:] - memory[i] <= k.memory
+            cost = np.fmin(cost, np.where(fits, work, math.inf))
+        cost = cost + edge[i] + edge[i + 1:]
+        best[i + 1:, 1:] = np.fmin(best[i + 1:, 1:], best[i, :-1][None, :] + cost[:, None])
+    return float(np.min(best[m]))
+
+
+def latency_lower_bound(graph: CostGraph, devices: Devices, *, q: int = 1) -> tuple[float, str]:
+    """A latency no placement with at most ``q`` pieces per device beats, and where it comes from.
+
+    The best of: the critical path; the calls along the critical path
+    (:func:`_path_bound`), which see the hand-offs memory forces on it; and,
+    when every device communicates (so each runs its nodes one after
+    another), the total work over the device count.
+    """
+    bound, source = critical_path(graph, devices), "critical path"
+    if graph.n:
+        fastest = _fastest(graph, devices)
+        # Memory forces the hand-offs, so a path heavy in memory can bound better than the critical one.
+        scale = math.fsum(fastest) / max(math.fsum(graph.memory), 1e-300)
+        mixed = [c + scale * m for c, m in zip(fastest, graph.memory)]
+        for weight, what in ((fastest, "the critical path"), (list(graph.memory), "the path heaviest in memory"),
+                             (mixed, "the path heaviest in time plus memory")):
+            along = _path_bound(graph, devices, _heaviest_chain(graph, weight), q=q)
+            if along > bound * (1 + 1e-12):
+                bound, source = along, f"hand-offs along {what}"
+    if all(k.communicates for k in devices.kinds if k.count):
+        work = math.fsum(_fastest(graph, devices)) / devices.count
+        if work > bound:
+            bound, source = work, "total work / devices"
+    return bound, source
+
+
+# ----------------------------------------------------------------------------- heuristic
+
+
+def _priority_order(graph: CostGraph, key) -> list[int]:
+    """The topological order that always takes the ready node with the smallest ``key(node, step)``."""
+    preds = graph.predecessors()
+    succ = graph.successors()
+    waiting = [len(p) for p in preds]
+    ready = [(key(v, 0), v) for v in range(graph.n) if waiting[v] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, v = heapq.heappop(ready)
+        order.append(v)
+        for w in succ[v]:
+            waiting[w] -= 1
+            if waiting[w] == 0:
+                heapq.heappush(ready, (key(w, len(order)), w))
+    return order
+
+
+def _alap_order(graph: CostGraph) -> list[int]:
+    """Every node as late as it can go, so cheap side inputs sit next to their reader."""
+    succ = graph.successors()
+    preds = graph.predecessors()
+    left = [len(s) for s in succ]
+    ready = [-v for v in range(graph.n) if left[v] == 0]
+    heapq.heapify(ready)
+    rev: list[int] = []
+    while ready:
+        v = -heapq.heappop(ready)
+        rev.append(v)
+        for u in preds[v]:
+            left[u] -= 1
+            if left[u] == 0:
+                heapq.heappush(ready, -u)
+    return rev[::-1]
+
+
+def _orders(graph: CostGraph, devices: Devices) -> list[list[int]]:
+    """Priority rules for the list of nodes the heuristic cuts into runs."""
+    fastest = _fastest(graph, devices)
+    # Tails: heaviest path from each node to a sink, the critical-path rule of list scheduling.
+    tail = [0.0] * graph.n
+    succ = graph.successors()
+    for v in reversed(range(graph.n)):
+        tail[v] = fastest[v] + max((tail[w] for w in succ[v]), default=0.0)
+    return [
+        list(range(graph.n)),
+        _alap_order(graph),
+        _priority_order(graph, lambda v, step: -step),  # depth first: finish a branch before the next
+        _priority_order(graph, lambda v, step: -tail[v]),
+    ]
+
+
+def _quiet_choice(graph: CostGraph, devices: Devices) -> list[tuple[float, int]]:
+    """Per node, the quiet device (and its time) a run of the heuristic would send it to; groups share one."""
+    kinds = devices.expanded()
+    quiet = [d for d, k in enumerate(kinds) if not k.communicates]
+    first = {}
+    for d in quiet:
+        first.setdefault(kinds[d].name, d)
+    choice = [(math.inf, -1)] * graph.n
+    members = [list(g) for g in graph.groups]
+    grouped = {v for g in members for v in g}
+    members += [[v] for v in range(graph.n) if v not in grouped]
+    for group in members:
+        options = [(math.fsum(graph.compute[name][v] for v in group), d) for name, d in first.items()]
+        if options:
+            cost, d = min(options)
+            for v in group:
+                choice[v] = (graph.compute[kinds[d].name][v], d) if math.isfinite(cost) else (math.inf, -1)
+    return choice
+
+
+def _segment(graph: CostGraph, devices: Devices, order: list[int]) -> list[int] | None:
+    """Cut ``order`` into consecutive runs, run k on the k-th communicating device, single nodes on a quiet one.
+
+    Minimises the sum of every run's duration (compute plus its transfers)
+    and every quiet node's time: no schedule of the result is slower than
+    that sum, and when the graph is one chain it is the latency. Runs never
+    split a co-location group and respect memory and supported operators.
+    None when no such cut exists.
+    """
+    kinds = devices.expanded()
+    talkers = [d for d, k in enumerate(kinds) if k.communicates]
+    n, K = graph.n, len(talkers)
+    pos = [0] * n
+    for i, v in enumerate(order):
+        pos[v] = i
+    produced: list[list[int]] = [[] for _ in range(n)]
+    read: list[list[int]] = [[] for _ in range(n)]
+    last = [max(pos[c] for c in t.consumers) for t in graph.tensors]
+    for ti, t in enumerate(graph.tensors):
+        produced[t.producer].append(ti)
+        for c in t.consumers:
+            read[c].append(ti)
+    group_of = [-1] * n
+    for gi, g in enumerate(graph.groups):
+        for v in g:
+            group_of[v] = gi
+    quiet = _quiet_choice(graph, devices)
+    names = sorted({kinds[d].name for d in talkers})
+    roomiest = max((kinds[d].memory for d in talkers), default=0.0)
+    # seg[name][i][j - i - 1]: duration of the run order[i:j] on that kind (inf where it may not go).
+    seg = {name: [] for name in names}
+    for i in range(n):
+        comm = 0.0
+        expiring: dict[int, float] = {}
+        counted: set[int] = set()
+        groups_open: dict[int, int] = {}
+        memory = 0.0
+        work = {name: 0.0 for name in names}
+        rows = {name: np.full(n - i, math.inf) for name in names}
+        for j in range(i, n):
+            v = order[j]
+            comm -= expiring.pop(j, 0.0)
+            for ti in produced[v]:
+                if last[ti] > j:
+                    comm += graph.tensors[ti].cost
+                    expiring[last[ti]] = expiring.get(last[ti], 0.0) + graph.tensors[ti].cost
+            for ti in read[v]:
+                if pos[graph.tensors[ti].producer] < i and ti not in counted:
+                    counted.add(ti)
+                    comm += graph.tensors[ti].cost
+            memory += graph.memory[v]
+            if memory > roomiest:
+                break
+            g = group_of[v]
+            if g >= 0:
+                groups_open[g] = groups_open.get(g, 0) + 1
+                if groups_open[g] == len(graph.groups[g]):
+                    del groups_open[g]
+            for name in names:
+                work[name] += graph.compute[name][v]
+                if not groups_open and math.isfinite(work[name]):
+                    rows[name][j - i] = work[name] + comm
+        for name in names:
+            seg[name].append(rows[name])
+    kind_of = [kinds[d].name for d in talkers]
+    cap = [kinds[d].memory for d in talkers]
+    best = np.full((n + 1, K + 1), math.inf)
+    best[0, 0] = 0.0
+    parent = np.full((n + 1, K + 1), -1, dtype=np.int64)  # start of the run ending here; -2: quiet node; -3: skip
+    prefix_memory = np.concatenate([[0.0], np.cumsum([graph.memory[v] for v in order])])
+    for i in range(n + 1):
+        for k in range(1, K + 1):
+            if best[i, k - 1] < best[i, k]:
+                best[i, k], parent[i, k] = best[i, k - 1], -3
+        if i == n:
+            break
+        cost = quiet[order[i]][0]
+        for k in range(K + 1):
+            if best[i, k] + cost < best[i + 1, k]:
+                best[i + 1, k], parent[i + 1, k] = best[i, k] + cost, -2
+        for k in range(1, K + 1):
+            row = seg[kind_of[k - 1]][i]
+            if math.isfinite(cap[k - 1]):
+                row = np.where(prefix_memory[i + 1:] - prefix_memory[i] <= cap[k - 1], row, math.inf)
+            cand = best[i, k - 1] + row
+            target = best[i + 1:, k]
+            better = cand < target
+            target[better] = cand[better]
+            parent[i + 1:, k][better] = i
+    k = int(np.argmin(best[n]))
+    if math.isinf(best[n, k]):
+        return None
+    device_of = [-1] * n
+    j = n
+    while j > 0 or k > 0:
+        p = int(parent[j, k])
+        if p == -3:
+            k -= 1
+        elif p == -2:
+            device_of[order[j - 1]] = quiet[order[j - 1]][1]
+            j -= 1
+        else:
+            for v in order[p:j]:
+                device_of[v] = talkers[k - 1]
+            j, k = p, k - 1
+    return device_of
+
+
+def latency_heuristic(graph: CostGraph, devices: Devices, *, candidates: tuple[Plan, ...] = ()) -> Plan:
+    """The best latency among list-scheduled plans: runs cut from several topological orders, and ``candidates``.
+
+    Each order (node index, as late as possible, depth first, longest tail
+    first) is cut into runs by :func:`_segment`; every plan is scored by
+    :func:`schedule`. Candidates that do not fit the devices are skipped.
+    Raises InfeasibleError when nothing fits.
+    """
+    plans = []
+    for rule, order in zip(("index", "alap", "depth-first", "longest-tail"), _orders(graph, devices)):
+        device_of = _segment(graph, devices, order)
+        if device_of is None:
+            continue
+        plan = latency_plan(graph, devices, device_of, solver=Solver.GREEDY, notes=(f"runs cut from the {rule} order",))
+        if fits_devices(graph, devices, plan):
+            plans.append(plan)
+    for plan in candidates:
+        if fits_devices(graph, devices, plan):
+            plans.append(latency_plan(graph, devices, plan_devices(plan), solver=plan.solver, notes=plan.notes))
+    if not plans:
+        raise InfeasibleError("no placement fits the devices' memory and supported operators")
+    return min(plans, key=lambda p: p.value)
+
+
+def _max_pieces(graph: CostGraph, devices: Devices, device_of: list[int]) -> int:
+    """The most pieces :func:`cut_pieces` gives any communicating device."""
+    kinds = devices.expanded()
+    count: dict[int, int] = {}
+    for d, _ in cut_pieces(graph, devices, device_of):
+        if kinds[d].communicates:
+            count[d] = count.get(d, 0) + 1
+    return max(count.values(), default=0)
+
+
+def _twins(devices: list[int], kinds: tuple) -> list[tuple[int, int]]:
+    """Consecutive pairs of devices of one kind: swapping them changes no plan's latency."""
+    return [(a, b) for a, b in itertools.pairwise(devices) if kinds[a] is kinds[b]]
+
+
+def _canonical(device_of: list[int], twins: list[tuple[int, int]], column_of: dict[int, int]) -> list[int]:
+    """The same plan with twin devices ordered by their lowest node and quiet devices on their column."""
+    runs: list[list[int]] = []
+    for a, b in twins:
+        if runs and runs[-1][-1] == a:
+            runs[-1].append(b)
+        else:
+            runs.append([a, b])
+    rename = {}
+    for run in runs:
+        lowest = {d: min((v for v, e in enumerate(device_of) if e == d), default=len(device_of)) for d in run}
+        for new, old in zip(run, sorted(run, key=lowest.__getitem__)):
+            rename[old] = new
+    out = [rename.get(d, d) for d in device_of]
+    return [column_of.get(d, d) for d in out]
 
 
 def solve_latency_ip(
@@ -221,12 +561,30 @@ def solve_latency_ip(
 ) -> Plan:
     """Minimise latency with up to ``q`` pieces per communicating device.
 
+    First :func:`latency_heuristic` (with ``warm_start`` among its
+    candidates) gives an incumbent U and :func:`latency_lower_bound` a bound;
+    when they meet no integer program is built.
+
     Variables: x[v, s] puts node v in piece slot s (q slots per communicating
     device) or on a quiet device; each slot has a start time and a duration
     (compute plus the transfers crossing its boundary); node finish times
     respect edges with big-M terms; a device's slots run in slot order.
-    Co-location groups are kept in one piece. Meant for small graphs; the
-    returned value is re-scored with :func:`latency_of`.
+    Co-location groups are kept in one piece. On top of that, each valid for
+    every plan no slower than U (the optimum among them):
+
+    * big-M is U and every time is at most U;
+    * a node finishes no earlier than its heaviest path of fastest times;
+    * devices of one kind are ordered by their lowest node, a device's slot
+      j + 1 is used only after slot j, and quiet devices of a kind whose
+      memory never binds are one column (they have unlimited cores);
+    * along the critical path, latency is at least the compute of its nodes
+      where they run plus the transfers between consecutive nodes in
+      different pieces (pieces on a path run one after another);
+    * latency is at least every slot's finish.
+
+    The value is re-scored with :func:`latency_of`; the lower bound is the
+    better of the solver's dual bound and the simple bound, and ``notes``
+    name its source.
     """
     if q < 1:
         raise PlanError(f"q must be at least 1, got {q}")
@@ -235,11 +593,45 @@ def solve_latency_ip(
     preds = graph.predecessors()
     talkers = [d for d, k in enumerate(kinds) if k.communicates]
     quiet = [d for d, k in enumerate(kinds) if not k.communicates]
+    simple, simple_source = latency_lower_bound(graph, devices, q=q)
+
+    pool = []
+    try:
+        pool.append(latency_heuristic(graph, devices))
+    except InfeasibleError:
+        pass
+    if warm_start is not None and fits_devices(graph, devices, warm_start):
+        pool.append(latency_plan(graph, devices, plan_devices(warm_start), solver=Solver.IP_LATENCY,
+                                 notes=("warm start",)))
+    incumbent = min(pool, key=lambda p: p.value, default=None)
+    if incumbent is not None and incumbent.value <= simple * (1 + 1e-12) + 1e-12:
+        notes = incumbent.notes + (f"optimal: equals the lower bound from {simple_source}; no integer program needed",)
+        return replace(incumbent, solver=Solver.IP_LATENCY, lower_bound=min(simple, incumbent.value), notes=notes)
+    start_plan = min((p for p in pool if _max_pieces(graph, devices, plan_devices(p)) <= q),
+                     key=lambda p: p.value, default=None)
+
     slots = [(d, j) for d in talkers for j in range(q)]
     finite = [[c for c in (graph.compute[k.name][v] for k in devices.kinds) if math.isfinite(c)] for v in range(n)]
-    # No schedule without idle time lasts longer than every duration in a row.
-    transfers = math.fsum(t.cost for t in graph.tensors)
-    M = math.fsum(max(c, default=0.0) for c in finite) + (len(slots) + 1) * transfers + 1.0
+    if start_plan is not None:
+        # A little slack so that the start's own times, summed in another order, stay inside.
+        horizon = start_plan.value * (1 + 1e-6) + 1e-6
+    else:
+        # No schedule without idle time lasts longer than every duration in a row.
+        transfers = math.fsum(t.cost for t in graph.tensors)
+        horizon = math.fsum(max(c, default=0.0) for c in finite) + (len(slots) + 1) * transfers + 1.0
+    M = horizon
+
+    # Quiet devices have unlimited cores and pay no transfers: where memory never binds, a kind is one column.
+    columns: list[int] = []
+    column_of: dict[int, int] = {}
+    for d in quiet:
+        kind = kinds[d]
+        if math.fsum(graph.memory) <= kind.memory and any(kinds[c] is kind for c in columns):
+            column_of[d] = next(c for c in columns if kinds[c] is kind)
+        else:
+            columns.append(d)
+    talker_twins = _twins(talkers, kinds)
+    column_twins = _twins(columns, kinds)
 
     model = new_model(solver_name, threads=threads, time_limit=time_limit, rel_gap=rel_gap)
 
@@ -247,39 +639,55 @@ def solve_latency_ip(
         return math.isfinite(graph.compute[kinds[d].name][v]) and graph.memory[v] <= kinds[d].memory
 
     xs = [[model.add_var(var_type=mip.BINARY, ub=1.0 if allowed(v, d) else 0.0) for d, _ in slots] for v in range(n)]
-    xq = [[model.add_var(var_type=mip.BINARY, ub=1.0 if allowed(v, d) else 0.0) for d in quiet] for v in range(n)]
+    xq = [[model.add_var(var_type=mip.BINARY, ub=1.0 if allowed(v, d) else 0.0) for d in columns] for v in range(n)]
+    slot_of = {sd: s for s, sd in enumerate(slots)}
+    col_of = {d: i for i, d in enumerate(columns)}
+
+    def on_device(v: int, d: int):
+        if d in col_of:
+            return xq[v][col_of[d]]
+        return mip.xsum(xs[v][slot_of[d, j]] for j in range(q))
+
     for v in range(n):
         model += mip.xsum(xs[v]) + mip.xsum(xq[v]) == 1
     for group in graph.groups:
         for v in group[1:]:
             for s in range(len(slots)):
                 model += xs[v][s] == xs[group[0]][s]
-            for i in range(len(quiet)):
+            for i in range(len(columns)):
                 model += xq[v][i] == xq[group[0]][i]
-    for d in talkers + quiet:
+    for d in talkers + columns:
         if math.isfinite(kinds[d].memory) and math.fsum(graph.memory) > kinds[d].memory:
-            if d in quiet:
-                on = [xq[v][quiet.index(d)] for v in range(n)]
-            else:
-                on = [mip.xsum(xs[v][s] for s, (e, _) in enumerate(slots) if e == d) for v in range(n)]
-            model += mip.xsum(graph.memory[v] / kinds[d].memory * on[v] for v in range(n)) <= 1
-    F = [model.add_var(lb=0.0, ub=M) for _ in range(n)]
-    start = [model.add_var(lb=0.0, ub=M) for _ in slots]
-    dur = []
+            model += mip.xsum(graph.memory[v] / kinds[d].memory * on_device(v, d) for v in range(n)) <= 1
+    for a, b in talker_twins + column_twins:
+        # b holds a node only after a holds a lower one: any plan can be renamed to meet this.
+        # seen: how many of the nodes before v sit on a (a running sum, so each row stays short).
+        seen = None
+        for v in range(n):
+            model += on_device(v, b) <= (seen if seen is not None else 0)
+            after = model.add_var(lb=0.0)
+            model += after == (seen if seen is not None else 0) + on_device(v, a)
+            seen = after
+    if q > 1:
+        for d in talkers:
+            used = [model.add_var(var_type=mip.BINARY) for _ in range(q)]
+            for j in range(q):
+                for v in range(n):
+                    model += xs[v][slot_of[d, j]] <= used[j]
+                if j:
+                    model += used[j] <= used[j - 1]
+
+    head = _heads(graph, _fastest(graph, devices))
+    F = [model.add_var(lb=min(head[v], horizon), ub=horizon) for v in range(n)]
+    start = [model.add_var(lb=0.0, ub=horizon) for _ in slots]
+    fin = [model.add_var(lb=0.0, ub=horizon) for _ in slots]
     for s, (d, _) in enumerate(slots):
         name = kinds[d].name
         work = [graph.compute[name][v] * xs[v][s] for v in range(n) if allowed(v, d)]
-        comm = []
-        for t in graph.tensors:
-            if t.cost <= 0:
-                continue
-            comm.append(t.cost * crossing(model, xs[t.producer][s], [xs[b][s] for b in t.consumers]))
-        dur.append(mip.xsum(work + comm))
-    # One finish variable per slot keeps the per-node rows short (the duration
-    # has a term for every node and tensor).
-    fin = [model.add_var(lb=0.0, ub=M) for _ in slots]
-    for s in range(len(slots)):
-        model += fin[s] == start[s] + dur[s]
+        comm = [t.cost * crossing(model, xs[t.producer][s], [xs[b][s] for b in t.consumers])
+                for t in graph.tensors if t.cost > 0]
+        # One finish variable per slot keeps the per-node rows short.
+        model += fin[s] == start[s] + mip.xsum(work + comm)
     for s, (d, j) in enumerate(slots):
         for v in range(n):
             model += F[v] >= fin[s] - M * (1 - xs[v][s])
@@ -288,55 +696,77 @@ def solve_latency_ip(
                 model += start[s] >= F[u] - M * (1 - xs[v][s] + xs[u][s])
         if j + 1 < q:
             model += start[s + 1] >= fin[s]
+
+    def own_time(v: int):
+        return mip.xsum(graph.compute[kinds[d].name][v] * xq[v][i] for i, d in enumerate(columns) if allowed(v, d))
+
     for v in range(n):
         on_quiet = mip.xsum(xq[v])
-        own = mip.xsum(graph.compute[kinds[d].name][v] * xq[v][i] for i, d in enumerate(quiet) if allowed(v, d))
-        model += F[v] >= own
+        model += F[v] >= own_time(v)
         for u in preds[v]:
-            model += F[v] >= F[u] + own - M * (1 - on_quiet)
-    for v in range(n):
-        for u in preds[v]:
+            model += F[v] >= F[u] + own_time(v) - M * (1 - on_quiet)
             # Implied for integral x; stated so the relaxation sees precedence.
             model += F[v] >= F[u]
-    L = model.add_var(lb=critical_path(graph, devices))
+    L = model.add_var(lb=simple, ub=horizon)
     for v in range(n):
         model += L >= F[v]
+    for s in range(len(slots)):
+        model += L >= fin[s]
+    chain = _critical_chain(graph, devices)
+    along = []
+    for v in chain:
+        along.append(own_time(v))
+        along += [graph.compute[kinds[d].name][v] * xs[v][s] for s, (d, _) in enumerate(slots) if allowed(v, d)]
+    for u, v in itertools.pairwise(chain):
+        cost = math.fsum(t.cost for t in graph.tensors if t.producer == u and v in t.consumers)
+        if cost > 0:
+            for s in range(len(slots)):
+                along.append(cost * crossing(model, xs[u][s], [xs[v][s]]))
+    model += L >= mip.xsum(along)
     model.objective = mip.minimize(L)
 
     start_values = None
-    if warm_start is not None:
-        start_values = _latency_start(graph, devices, warm_start, q, slots, quiet, xs, xq)
+    if start_plan is not None:
+        start_values = _latency_start(graph, devices, start_plan, q, slots, columns, xs, xq,
+                                      talker_twins + column_twins, column_of)
     outcome = run_model(model, time_limit=time_limit, start=start_values)
-    notes = (f"{outcome.status.name.lower()} in {outcome.seconds:.1f} s", f"ip objective {model.objective_value}")
+    status = outcome.status.name.lower()
+    bound, source = outcome.bound, "the integer program's dual bound"
+    if start_plan is not None and outcome.status in (mip.OptimizationStatus.INFEASIBLE,
+                                                     mip.OptimizationStatus.INT_INFEASIBLE):
+        # A start that fits was given, so infeasibility is numerical trouble: trust only the simple bound.
+        log.warning("latency IP reported %s although a plan fits; keeping the simple bound", status)
+        bound = -math.inf
+    if simple * (1 + 1e-9) >= bound:
+        # The relaxation proved no more than the simple bound: name the simple one.
+        bound, source = simple, simple_source
+    notes = (f"{status} in {outcome.seconds:.1f} s", f"ip objective {model.objective_value}",
+             f"bound from {source}")
     plan = None
     if model.num_solutions:
         device_of = []
         for v in range(n):
             options = [((xs[v][s].x or 0.0), d) for s, (d, _) in enumerate(slots)]
-            options += [((xq[v][i].x or 0.0), d) for i, d in enumerate(quiet)]
+            options += [((xq[v][i].x or 0.0), d) for i, d in enumerate(columns)]
             device_of.append(max(options)[1])
-        plan = latency_plan(graph, devices, device_of, solver=Solver.IP_LATENCY, lower_bound=outcome.bound, notes=notes)
-    if warm_start is not None and fits_devices(graph, devices, warm_start):
-        kept = notes + ("warm start kept",)
-        base = latency_plan(graph, devices, plan_devices(warm_start), solver=Solver.IP_LATENCY, notes=kept)
-        if plan is None or base.value < plan.value:
-            plan = replace(base, lower_bound=min(outcome.bound, base.value))
+        plan = latency_plan(graph, devices, device_of, solver=Solver.IP_LATENCY, notes=notes)
+    if incumbent is not None and (plan is None or incumbent.value < plan.value):
+        plan = latency_plan(graph, devices, plan_devices(incumbent), solver=Solver.IP_LATENCY,
+                            notes=notes + ("heuristic plan kept",))
     if plan is None:
         raise no_solution(outcome, "ip-latency")
-    return plan
+    return replace(plan, lower_bound=min(bound, plan.value))
 
 
-def _latency_start(graph, devices, plan, q, slots, quiet, xs, xq):
-    device_of = plan_devices(plan)
+def _latency_start(graph, devices, plan, q, slots, columns, xs, xq, twins, column_of):
+    """Values of the binaries for a plan with at most ``q`` pieces per device, renamed to meet the symmetry rows."""
+    device_of = _canonical(plan_devices(plan), twins, column_of)
     sched = schedule(graph, devices, device_of)
     kinds = devices.expanded()
     per_device: dict[int, list[Piece]] = {}
     for piece in sched.pieces:
         if kinds[piece.device].communicates:
             per_device.setdefault(piece.device, []).append(piece)
-    if any(len(p) > q for p in per_device.values()):
-        log.warning("warm start needs more than %d pieces on a device; ignoring it", q)
-        return None
     slot_of = {}
     for d, ps in per_device.items():
         for j, piece in enumerate(sorted(ps, key=lambda p: p.start)):
@@ -346,6 +776,6 @@ def _latency_start(graph, devices, plan, q, slots, quiet, xs, xq):
     for v in range(graph.n):
         for s in range(len(slots)):
             values.append((xs[v][s], 1.0 if slot_of.get(v) == s else 0.0))
-        for i, d in enumerate(quiet):
+        for i, d in enumerate(columns):
             values.append((xq[v][i], 1.0 if device_of[v] == d and v not in slot_of else 0.0))
     return values
