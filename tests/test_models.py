@@ -85,3 +85,14 @@ def test_deep_transformer_shares_the_builder() -> None:
     deeper = make_models.make_deep_transformer(layers=4)
     per_layer = (len(deeper.graph.node) - len(two.graph.node)) // 2
     assert 150 <= per_layer <= 450
+
+
+def test_detector_is_a_deterministic_branchy_model_that_runs() -> None:
+    model = make_models.make_detector()
+    assert model.SerializeToString() == make_models.make_detector().SerializeToString()
+    onnx.checker.check_model(model, full_check=True)
+    assert 250 <= len(model.graph.node) <= 350
+    assert {"Split", "Concat", "Resize", "MaxPool"} <= {n.op_type for n in model.graph.node}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (boxes,) = session.run(None, make_models.random_feeds(model, dims={"N": 1}))
+    assert boxes.shape == (1, 12, 2100) and np.isfinite(boxes).all()

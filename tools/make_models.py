@@ -9,7 +9,7 @@ IR version 8, so two runs write byte-identical files.
 The functions are importable too (``sys.path.insert(0, 'tools')``):
 ``make_transformer``, ``make_deep_transformer``, ``make_branchy_cnn``,
 ``make_control_flow``, ``make_fp16_mlp``, ``make_local_function``,
-``make_external_data_mlp``, ``write_bundled``, ``make_large_model`` and
+``make_external_data_mlp``, ``make_detector``, ``write_bundled``, ``make_large_model`` and
 ``random_feeds``.
 """
 
@@ -469,6 +469,118 @@ def make_external_data_mlp(seed: int = 1006, layers: int = 4, width: int = 64) -
 
 # --------------------------------------------------------------------------
 # Writing
+
+
+# --------------------------------------------------------------------------
+# YOLO-class detector
+
+
+def make_detector(
+    seed: int = 1008, *, size: int = 320, width: int = 8, depth: Sequence[int] = (2, 3, 3, 2), neck_depth: int = 2,
+    classes: int = 8,
+) -> onnx.ModelProto:
+    """A YOLOv8-style detector: ``images`` [N, 3, size, size] -> ``boxes`` [N, 4 + classes, anchors].
+
+    CSP backbone (strided SiLU convs and C2f blocks of ``depth`` bottlenecks,
+    SPPF), a PAN neck (nearest upsample and concat down, strided conv and
+    concat up, C2f blocks of ``neck_depth``) and three decoupled heads (box
+    and class branches) at strides 8, 16 and 32, then the boxes decoded
+    against the anchor grid, so the graph has many parallel branches.
+    ``width`` is the stem's channel count; the defaults build about 300
+    nodes (about 6 MB of weights: the deep stages' 3x3 convolutions).
+    """
+    b = GraphBuilder(seed)
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, pname: str, scope: str, act: bool = True) -> str:
+        w = b.param(f"{pname}.weight", (cout, cin, k, k), 1.0 / math.sqrt(cin * k * k))
+        bias = b.param(f"{pname}.bias", (cout,), 0.01)
+        y = b.op("Conv", [x, w, bias], scope, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride])
+        if not act:
+            return y
+        return b.op("Mul", [y, b.op("Sigmoid", [y], scope)], scope)  # SiLU, as exporters emit it
+
+    def c2f(x: str, cin: int, cout: int, n: int, shortcut: bool, name: str) -> str:
+        s = f"/{name}"
+        half = cout // 2
+        y = conv(x, cin, cout, 1, 1, f"{name}.cv1", s + "/cv1")
+        parts = b.op("Split", [y, b.tensor(f"{name}.split", np.array([half, half], dtype=np.int64))], s, n_out=2, axis=1)
+        outs = list(parts)
+        for i in range(n):
+            t = conv(outs[-1], half, half, 3, 1, f"{name}.m{i}.cv1", f"{s}/m{i}/cv1")
+            t = conv(t, half, half, 3, 1, f"{name}.m{i}.cv2", f"{s}/m{i}/cv2")
+            outs.append(b.op("Add", [outs[-1], t], f"{s}/m{i}") if shortcut else t)
+        cat = b.op("Concat", outs, s, axis=1)
+        return conv(cat, half * len(outs), cout, 1, 1, f"{name}.cv2", s + "/cv2")
+
+    def sppf(x: str, c: int, name: str) -> str:
+        s = f"/{name}"
+        y = conv(x, c, c // 2, 1, 1, f"{name}.cv1", s + "/cv1")
+        pools = [y]
+        for _ in range(3):
+            pools.append(b.op("MaxPool", [pools[-1]], s, kernel_shape=[5, 5], pads=[2, 2, 2, 2], strides=[1, 1]))
+        return conv(b.op("Concat", pools, s, axis=1), 2 * c, c, 1, 1, f"{name}.cv2", s + "/cv2")
+
+    def up(x: str, scope: str) -> str:
+        scales = b.tensor(f"{scope.strip('/')}.scales", np.array([1, 1, 2, 2], dtype=np.float32))
+        return b.op("Resize", [x, "", scales], scope, mode="nearest")
+
+    c1, c2, c3, c4, c5 = width, 2 * width, 4 * width, 8 * width, 16 * width
+    x = conv("images", 3, c1, 3, 2, "stem", "/stem")                      # /2
+    x = conv(x, c1, c2, 3, 2, "down1", "/down1")                          # /4
+    x = c2f(x, c2, c2, depth[0], True, "stage1")
+    x = conv(x, c2, c3, 3, 2, "down2", "/down2")                          # /8
+    p3 = c2f(x, c3, c3, depth[1], True, "stage2")
+    x = conv(p3, c3, c4, 3, 2, "down3", "/down3")                         # /16
+    p4 = c2f(x, c4, c4, depth[2], True, "stage3")
+    x = conv(p4, c4, c5, 3, 2, "down4", "/down4")                         # /32
+    x = c2f(x, c5, c5, depth[3], True, "stage4")
+    p5 = sppf(x, c5, "sppf")
+
+    x = b.op("Concat", [up(p5, "/neck/up1"), p4], "/neck/up1", axis=1)
+    n4 = c2f(x, c5 + c4, c4, neck_depth, False, "neck.td4")
+    x = b.op("Concat", [up(n4, "/neck/up2"), p3], "/neck/up2", axis=1)
+    n3 = c2f(x, c4 + c3, c3, neck_depth, False, "neck.out3")
+    x = b.op("Concat", [conv(n3, c3, c3, 3, 2, "neck.down3", "/neck/down3"), n4], "/neck/down3", axis=1)
+    o4 = c2f(x, c3 + c4, c4, neck_depth, False, "neck.out4")
+    x = b.op("Concat", [conv(o4, c4, c4, 3, 2, "neck.down4", "/neck/down4"), p5], "/neck/down4", axis=1)
+    o5 = c2f(x, c4 + c5, c5, neck_depth, False, "neck.out5")
+
+    levels = []
+    hidden = max(16, c3)
+    for i, (feat, c) in enumerate(((n3, c3), (o4, c4), (o5, c5))):
+        s = f"/head{i}"
+        box = conv(conv(feat, c, hidden, 3, 1, f"head{i}.box0", s + "/box0"), hidden, hidden, 3, 1, f"head{i}.box1", s + "/box1")
+        box = conv(box, hidden, 4, 1, 1, f"head{i}.box2", s + "/box2", act=False)
+        cls = conv(conv(feat, c, hidden, 3, 1, f"head{i}.cls0", s + "/cls0"), hidden, hidden, 3, 1, f"head{i}.cls1", s + "/cls1")
+        cls = conv(cls, hidden, classes, 1, 1, f"head{i}.cls2", s + "/cls2", act=False)
+        both = b.op("Concat", [box, b.op("Sigmoid", [cls], s)], s, axis=1)
+        shape = b.tensor(f"head{i}.shape", np.array([0, 4 + classes, -1], dtype=np.int64))
+        levels.append(b.op("Reshape", [both, shape], s))
+    raw = b.op("Concat", levels, "/detect", axis=2)
+    # Decode: centres from the anchor grid, sizes through Exp, both scaled by each anchor's stride.
+    grid, stride = [], []
+    for step in (8, 16, 32):
+        cells = size // step
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        grid.append(np.stack([xs.ravel(), ys.ravel()]) + 0.5)
+        stride.append(np.full(cells * cells, float(step)))
+    anchors = b.tensor("detect.anchors", np.concatenate(grid, axis=1)[None].astype(np.float32))
+    strides = b.tensor("detect.strides", np.concatenate(stride)[None, None].astype(np.float32))
+    box, cls = b.op("Split", [raw, b.tensor("detect.split", np.array([4, classes], dtype=np.int64))], "/detect",
+                    n_out=2, axis=1)
+
+    def part(lo: int, hi: int) -> str:
+        return b.op("Slice", [box, b.tensor(f"detect.start{lo}", np.array([lo], dtype=np.int64)),
+                              b.tensor(f"detect.end{lo}", np.array([hi], dtype=np.int64)),
+                              b.tensor(f"detect.axis{lo}", np.array([1], dtype=np.int64))], "/detect")
+    xy = b.op("Mul", [b.op("Add", [part(0, 2), anchors], "/detect"), strides], "/detect")
+    wh = b.op("Mul", [b.op("Exp", [part(2, 4)], "/detect"), strides], "/detect")
+    b.op("Concat", [xy, wh, cls], "/detect/out", outputs=["boxes"], axis=1)
+    return _model(
+        b, "detector",
+        [_vi("images", FLOAT, ["N", 3, size, size])],
+        [_vi("boxes", FLOAT, ["N", 4 + classes, "anchors"])],
+    )
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:

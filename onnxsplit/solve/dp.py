@@ -20,7 +20,10 @@ pairs whose load exceeds its value are never stored; (3) per device kind,
 ideals sorted by that kind's compute, so a block of ideals only meets a
 window of candidates (compute alone must fit), subset-tested as uint64
 bitsets, with the matrix product only over tensors that vary in the block;
-(4) the DP layers as one gather and one segmented minimum over the pairs.
+(4) the DP layers as one gather and one segmented minimum over the pairs;
+(5) when the whole lattice or its pairs are too many, :mod:`onnxsplit.solve.bounded`
+enumerates only the ideals that can lie on a chain within the first plan's
+value (or just below it, or a bisected bound), which keeps the optimum.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
+from onnxsplit.solve.bounded import search_below
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.lattice import (
     DPTimeout,
@@ -102,6 +106,16 @@ def _prefix_bits(order: list[int], words: int) -> np.ndarray:
     return pack_bits(rows)
 
 
+def _first_plan(prob: Problem, cg: CostGraph, limits: dict) -> tuple[float, tuple]:
+    """The best chain of prefixes of a few topological orders: a plan to prune with."""
+    heuristic, first = math.inf, ()
+    for order in _topological_orders(cg):
+        found = solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
+        if found.value < heuristic:
+            heuristic, first = found.value, found.chain
+    return heuristic, first
+
+
 def _check_capable(graph: CostGraph, devices: Devices, coarse: CostGraph, members: tuple[tuple[int, ...], ...]) -> None:
     """InfeasibleError for a coarse node that no device can hold, naming an original culprit."""
     kinds = [k for k in devices.kinds if k.count > 0]
@@ -159,31 +173,42 @@ def solve_dp_with_stats(
     report_progress(progress, "coarsen", 1.0)
     prob = Problem(cg, devices)
     limits = dict(max_pairs=max_pairs, deadline=deadline, time_limit=time_limit)
-    bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit, progress=progress)
-
-    # A first plan from prefix chains of a few topological orders bounds the pairs worth scoring.
-    # Three runs of about (n / ideals)^2 of the main one: skip it when the lattice is not much larger.
-    heuristic, first = math.inf, ()
-    if len(bits) > 4 * (cg.n + 1):
-        for order in _topological_orders(cg):
-            found = solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
-            if found.value < heuristic:
-                heuristic, first = found.value, found.chain
-        report_progress(progress, "bound", 1.0)
-    bound = min(heuristic, upper_bound)
-    log.debug("dp: %d nodes, %d coarse, %d ideals, first bound %g", graph.n, cg.n, len(bits), heuristic)
-
-    found = solve_lattice(prob, bits, bound, progress=progress, **limits)
+    proven = math.inf  # the plan's own value unless a bounded search proves less
+    try:
+        bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit,
+                                progress=progress)
+        heuristic, first = _first_plan(prob, cg, limits) if len(bits) > 4 * (cg.n + 1) else (math.inf, ())
+        bound = min(heuristic, upper_bound)
+        log.debug("dp: %d nodes, %d coarse, %d ideals, first bound %g", graph.n, cg.n, len(bits), heuristic)
+        found = solve_lattice(prob, bits, bound, progress=progress, **limits)
+        nideals = len(bits)
+    except DPTimeout:
+        raise
+    except DPTooLarge:
+        # Too many ideals or pairs in all: search only those that can lie on a chain within a bound.
+        heuristic, first = _first_plan(prob, cg, limits)
+        bound = min(heuristic, upper_bound)
+        bounded = None if math.isinf(bound) else search_below(prob, bound, reached=bound == heuristic,
+                                                                max_ideals=max_ideals, progress=progress, **limits)
+        if bounded is None:
+            raise
+        found, nideals = bounded.found, bounded.ideals
+        # A chain found is optimal; with none, the first plan is, down to the proven bound.
+        proven = math.inf if math.isfinite(found.value) else bounded.lower_bound
+        bits = None
+        log.debug("dp: bounded search tried %s, %d ideals", bounded.bounds_tried, nideals)
     value, chain, npairs = found.value, found.chain, found.pairs
     if math.isinf(value):
         if math.isinf(bound):
             raise _infeasible(prob)
         if upper_bound < heuristic:
-            if math.isinf(heuristic) and math.isinf(solve_lattice(prob, bits, math.inf, progress=None, **limits).value):
+            if bits is not None and math.isinf(heuristic) and math.isinf(
+                    solve_lattice(prob, bits, math.inf, progress=None, **limits).value):
                 raise _infeasible(prob)
             raise DPBoundTooLow(f"no contiguous plan has max load at most {upper_bound:g}")
-        # Only reachable through rounding at the pruning bound; the first plan is still valid.
-        log.warning("dp: pruning lost every plan; returning the bound's plan")
+        if math.isinf(proven):
+            # Only reachable through rounding at the pruning bound; the first plan is still valid.
+            log.warning("dp: pruning lost every plan; returning the bound's plan")
         value, chain = heuristic, first
 
     stage_coarse = np.full(cg.n, -1, dtype=np.int64)
@@ -200,11 +225,13 @@ def solve_dp_with_stats(
         raise AssertionError("DP chain misses nodes")
     stage_of = coarse.expand([int(s) for s in stage_coarse])
     seconds = time.monotonic() - began
-    notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {len(bits)} ideals, {npairs} pairs, {seconds:.3f} s",)
-    # Proven optimal: the bound is the plan's own (rescored) value.
-    plan = make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=math.inf, notes=notes)
+    notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {nideals} ideals, {npairs} pairs, {seconds:.3f} s",)
+    if math.isfinite(proven) and proven < value:
+        notes += (f"dp: no contiguous plan below {proven:.10g} (ideals within that bound searched)",)
+    # Proven optimal: the bound is the plan's own (rescored) value, or the bounded search's proof.
+    plan = make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=proven, notes=notes)
     log.info("%s; max load %g", notes[0], plan.value)
-    return plan, DPStats(graph.n, cg.n, len(bits), npairs, heuristic, plan.value, seconds)
+    return plan, DPStats(graph.n, cg.n, nideals, npairs, heuristic, plan.value, seconds)
 
 
 def solve_dp(

@@ -347,10 +347,11 @@ def test_not_enough_memory_overall() -> None:
 
 
 def test_too_many_ideals() -> None:
-    # Ten independent nodes: 1024 ideals.
+    # Ten independent nodes: 1024 ideals. On three devices even those within the bound are too many
+    # (on two, the even split meets the simple bound: see tests/solve/test_coarsen.py).
     graph = CostGraph(names=tuple("abcdefghij"), compute={"acc": (1.0,) * 10}, memory=(0.0,) * 10, tensors=())
     with pytest.raises(DPTooLarge, match="more than 100 ideals"):
-        solve_dp(graph, Devices((DeviceKind("acc", 2),)), max_ideals=100)
+        solve_dp(graph, Devices((DeviceKind("acc", 3),)), max_ideals=100)
 
 
 def test_time_limit() -> None:
