@@ -71,17 +71,21 @@ class DPStats:
     seconds: float
 
 
-def _topological_orders(graph: CostGraph) -> list[list[int]]:
-    """A few topological orders whose prefix chains give good first plans.
+def _topological_orders(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
+    """A few topological orders (of ``edges`` over nodes 0..n-1) whose prefix chains give good first plans.
 
     The stored order, a depth-first one (finish a branch before starting the
     next, so prefixes cut few tensors), and a depth-first one from the sinks.
     """
-    succ, pred = graph.successors(), graph.predecessors()
+    succ: list[list[int]] = [[] for _ in range(n)]
+    pred: list[list[int]] = [[] for _ in range(n)]
+    for u, v in sorted(set(edges)):
+        succ[u].append(v)
+        pred[v].append(u)
 
     def lifo(out: list[list[int]], into: list[list[int]]) -> list[int]:
         indeg = [len(p) for p in into]
-        ready = [v for v in reversed(range(graph.n)) if indeg[v] == 0]
+        ready = [v for v in reversed(range(n)) if indeg[v] == 0]
         order = []
         while ready:
             v = ready.pop()
@@ -92,7 +96,7 @@ def _topological_orders(graph: CostGraph) -> list[list[int]]:
                     ready.append(w)
         return order
 
-    return [list(range(graph.n)), lifo(succ, pred), lifo(pred, succ)[::-1]]
+    return [list(range(n)), lifo(succ, pred), lifo(pred, succ)[::-1]]
 
 
 def _prefix_bits(order: list[int], words: int) -> np.ndarray:
@@ -157,7 +161,8 @@ def solve_dp_with_stats(
     cg = coarse.graph
     _check_capable(graph, devices, cg, coarse.members)
     report_progress(progress, "coarsen", 1.0)
-    prob = Problem(cg, devices)
+    precedence = cg.edges() if coarse.precedence is None else list(coarse.precedence)
+    prob = Problem(cg, devices, precedence=coarse.precedence)
     limits = dict(max_pairs=max_pairs, deadline=deadline, time_limit=time_limit)
     bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit, progress=progress)
 
@@ -165,7 +170,7 @@ def solve_dp_with_stats(
     # Three runs of about (n / ideals)^2 of the main one: skip it when the lattice is not much larger.
     heuristic, first = math.inf, ()
     if len(bits) > 4 * (cg.n + 1):
-        for order in _topological_orders(cg):
+        for order in _topological_orders(cg.n, precedence):
             found = solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
             if found.value < heuristic:
                 heuristic, first = found.value, found.chain
