@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph, Tensor
-from onnxsplit.dag import topological_order
+from onnxsplit.dag import UnionFind, topological_order
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import ModelError
 
@@ -114,7 +114,10 @@ def load_paper(path: str | Path) -> tuple[CostGraph, Devices]:
 def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], list[str]]:
     """An expert split file as (node -> device slot, kind of each slot).
 
-    Slots list the file's accelerators first, then its CPUs.
+    Slots list the file's accelerators first, then its CPUs. In a training
+    graph a backward node the file leaves out goes to the slot of its colour
+    class (the paper's rule: a split of the forward nodes is completed by
+    the classes).
     """
     try:
         doc = json.loads(Path(path).read_text())
@@ -136,10 +139,32 @@ def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], li
                 if str(nid) not in index:
                     raise ModelError(f"{path}: node {nid} is not in the graph")
                 slot_of[index[str(nid)]] = slot
+    if graph.training:
+        _place_backward(graph, slot_of, path)
     missing = [graph.names[v] for v in range(graph.n) if slot_of[v] < 0]
     if missing:
         raise ModelError(f"{path}: nodes {missing[:5]} are not placed")
     return slot_of, kinds
+
+
+def _place_backward(graph: CostGraph, slot_of: list[int], path: str | Path) -> None:
+    """Put each unplaced backward node on the one slot its colour class has; ModelError if none or several."""
+    classes = UnionFind(graph.n)
+    for group in graph.groups:
+        for v in group[1:]:
+            classes.union(group[0], v)
+    slots: dict[int, set[int]] = defaultdict(set)
+    for v in range(graph.n):
+        if slot_of[v] >= 0:
+            slots[classes.find(v)].add(slot_of[v])
+    for v in range(graph.n):
+        if slot_of[v] >= 0 or not graph.backward[v]:
+            continue
+        found = slots.get(classes.find(v), set())
+        if len(found) != 1:
+            what = "no node of its colour class is placed" if not found else "its colour class is placed on several devices"
+            raise ModelError(f"{path}: backward node {graph.names[v]} is not placed and {what}")
+        slot_of[v] = next(iter(found))
 
 
 def to_paper(graph: CostGraph, devices: Devices) -> dict[str, Any]:
