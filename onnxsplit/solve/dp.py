@@ -7,9 +7,11 @@ This module is the public API (:func:`solve_dp`, :func:`solve_dp_with_stats`,
 communication formula they use) is in :mod:`onnxsplit.solve.lattice`.
 
 A contiguous split is a chain of ideals (down-closed node sets)
-``{} = I_0 <= I_1 <= ... <= I_m = V``; device p holds ``I_p \\ I_{p-1}``. The
-DP keeps, for every ideal I and every count of devices of each kind, the best
-max-load that covers I with those devices, and extends it by one device
+``{} = I_0 <= I_1 <= ... <= I_m = V``; device p holds ``I_p \\ I_{p-1}``.
+(For a training graph, ideals of the forward precedence over units, see
+:mod:`onnxsplit.solve.training`; backward tensors are priced by membership.)
+The DP keeps, for every ideal I and every count of devices of each kind, the
+best max-load that covers I with those devices, and extends it by one device
 holding ``I \\ J`` for every sub-ideal J. Devices of one kind are identical
 and the chain may order kinds freely, so counts per kind are the whole state.
 
@@ -206,6 +208,9 @@ def solve_dp_with_stats(
     stage_of = coarse.expand([int(s) for s in stage_coarse])
     seconds = time.monotonic() - began
     notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {len(bits)} ideals, {npairs} pairs, {seconds:.3f} s",)
+    if graph.training:
+        notes += ("training graph: the forward part is split into a chain of ideals, backward nodes follow their"
+                  " colour class",)
     # Proven optimal: the bound is the plan's own (rescored) value.
     plan = make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=math.inf, notes=notes)
     log.info("%s; max load %g", notes[0], plan.value)
