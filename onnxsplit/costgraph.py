@@ -39,6 +39,12 @@ class CostGraph:
     means v cannot run there. ``memory[v]`` is what v pins on its device
     (weights). ``groups`` lists co-location groups: node sets that must share
     a device.
+
+    ``backward`` marks the backward nodes of a training graph (empty: an
+    inference graph). In a training graph only the forward part must be split
+    contiguously; a backward node goes wherever its group's forward nodes go,
+    and its tensors still cost what they cost (see
+    :mod:`onnxsplit.solve.training`). A backward node never feeds a forward one.
     """
 
     names: tuple[str, ...]
@@ -49,6 +55,7 @@ class CostGraph:
     ops: tuple[str, ...] = field(default=())
     # Per-node fields the solver ignores but a file format must keep (the paper's raw figures).
     attrs: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
+    backward: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse a graph the solvers cannot trust, naming the node or tensor at fault.
@@ -56,9 +63,15 @@ class CostGraph:
         After: every list has one entry per node; every compute time is a
         non-negative number or ``inf``; every memory, tensor size and tensor
         cost is a finite non-negative number; every tensor's consumers follow
-        its producer; groups name existing nodes.
+        its producer; groups name existing nodes; ``backward`` is empty or has
+        one flag per node, and no tensor runs from a backward node to a
+        forward one.
         """
         n = len(self.names)
+        # All-forward flags say "inference": store them as none, so equal graphs compare equal.
+        object.__setattr__(self, "backward", tuple(bool(b) for b in self.backward) if any(self.backward) else ())
+        if self.backward and len(self.backward) != n:
+            raise ModelError(f"backward has {len(self.backward)} flags for {n} nodes")
         for kind, times in self.compute.items():
             if len(times) != n:
                 raise ModelError(f"compute[{kind!r}] has {len(times)} entries for {n} nodes")
@@ -82,6 +95,11 @@ class CostGraph:
                         f"tensor {t.name!r}: consumer {c} does not follow producer {t.producer};"
                         " node ids must be a topological order"
                     )
+            if self.backward and self.backward[t.producer]:
+                forward = [c for c in t.consumers if not self.backward[c]]
+                if forward:
+                    raise ModelError(f"tensor {t.name!r} runs from backward node {self.names[t.producer]!r} to forward"
+                                     f" node {self.names[forward[0]]!r}; backward nodes may only feed backward nodes")
             for what, x in (("bytes", t.nbytes), ("cost", t.cost)):
                 if not 0 <= x < math.inf:
                     raise ModelError(f"tensor {t.name!r} has {what} {x}; it must be a finite non-negative number")
@@ -97,9 +115,24 @@ class CostGraph:
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.compute)
 
+    @property
+    def training(self) -> bool:
+        """True when some node is a backward node (then only the forward part must be contiguous)."""
+        return any(self.backward)
+
+    def is_backward(self, v: int) -> bool:
+        return bool(self.backward) and self.backward[v]
+
     def edges(self) -> list[tuple[int, int]]:
         """Distinct (producer, consumer) pairs."""
         return sorted({(t.producer, c) for t in self.tensors for c in t.consumers})
+
+    def precedence_edges(self) -> list[tuple[int, int]]:
+        """The edges a contiguous split keeps in stage order: every edge, or in a training graph
+        the forward ones (a backward node only feeds backward nodes, so: the edges into forward nodes)."""
+        if not self.training:
+            return self.edges()
+        return [(u, v) for u, v in self.edges() if not self.backward[v]]
 
     def successors(self) -> list[list[int]]:
         succ: list[set[int]] = [set() for _ in range(self.n)]

@@ -25,6 +25,12 @@ def _unnum(x: float | str) -> float:
     return math.inf if x == "inf" else float(x)
 
 
+def _flag(x: Any, node: str) -> bool:
+    if not isinstance(x, bool):
+        raise ModelError(f"node {node!r}: \"backward\" must be true or false, got {x!r}")
+    return x
+
+
 def to_json(graph: CostGraph, devices: Devices) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -38,7 +44,8 @@ def to_json(graph: CostGraph, devices: Devices) -> dict[str, Any]:
         "nodes": [
             {"id": v, "name": graph.names[v], **({"op": graph.ops[v]} if graph.ops else {}),
              "compute": {k: _num(graph.compute[k][v]) for k in graph.kinds}, "memory": graph.memory[v],
-             **({"attrs": dict(graph.attrs[v])} if graph.attrs else {})}
+             **({"attrs": dict(graph.attrs[v])} if graph.attrs else {}),
+             **({"backward": graph.backward[v]} if graph.training else {})}
             for v in range(graph.n)
         ],
         "tensors": [{"name": t.name, "producer": t.producer, "consumers": list(t.consumers), "bytes": t.nbytes,
@@ -64,6 +71,8 @@ def from_json(doc: dict[str, Any], *, where: str = "costgraph") -> tuple[CostGra
             groups=tuple(tuple(g) for g in doc.get("groups", [])),
             ops=tuple(n["op"] for n in nodes) if nodes and all(n.get("op") for n in nodes) else (),
             attrs=tuple(n["attrs"] for n in nodes) if nodes and all("attrs" in n for n in nodes) else (),
+            # A training graph marks its backward nodes; files without the field are inference graphs.
+            backward=tuple(_flag(n.get("backward", False), n["name"]) for n in nodes),
         )
         dev = doc["devices"]
         devices = Devices(

@@ -1,10 +1,10 @@
 """The paper's cost-graph format (see the reference graphs' README).
 
-Nodes carry ``cpuLatency``, ``fpgaLatency``, ``size``, ``supportedOnFpga`` and
-an optional ``colorClass``; edges carry ``cost``, the time to move the source
-node's output. Devices come from the file: ``maxFPGAs`` accelerators of
-``maxSizePerFPGA`` bytes (kind ``acc``) and ``maxCPUs`` CPUs (kind ``cpu``),
-which pay no communication.
+Nodes carry ``cpuLatency``, ``fpgaLatency``, ``size``, ``supportedOnFpga``,
+``isBackwardNode`` (training graphs) and an optional ``colorClass``; edges
+carry ``cost``, the time to move the source node's output. Devices come from
+the file: ``maxFPGAs`` accelerators of ``maxSizePerFPGA`` bytes (kind
+``acc``) and ``maxCPUs`` CPUs (kind ``cpu``), which pay no communication.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph, Tensor
-from onnxsplit.dag import topological_order
+from onnxsplit.dag import UnionFind, topological_order
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import ModelError
 
@@ -44,7 +44,8 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
     """CostGraph and Devices from a paper-format document.
 
     Node names are the original ids (as strings), so plans can be reported
-    and expert splits read in the file's own numbering.
+    and expert splits read in the file's own numbering. ``isBackwardNode``
+    marks a training graph's backward nodes; colour classes become groups.
     """
     try:
         nodes = {int(n["id"]): n for n in doc["nodes"]}
@@ -56,10 +57,11 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
             raise ModelError(f"{where}: edge {u}->{v} names a node that does not exist")
     order = _topological(sorted(nodes), [(u, v) for u, v, _ in edges], where)
     index = {nid: i for i, nid in enumerate(order)}
-    acc, cpu, memory = [], [], []
+    acc, cpu, memory, backward = [], [], [], []
     for nid in order:
         n = nodes[nid]
         try:
+            backward.append(bool(n.get("isBackwardNode", False)))
             supported = bool(n.get("supportedOnFpga", True))
             acc.append(float(n["fpgaLatency"]) if supported else math.inf)
             cpu.append(float(n["cpuLatency"]))
@@ -90,6 +92,7 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
             tensors=tuple(tensors),
             groups=groups,
             attrs=tuple(dict(nodes[nid]) for nid in order),
+            backward=tuple(backward),
         )
         devices = paper_devices(doc)
     except ModelError as exc:
@@ -111,7 +114,10 @@ def load_paper(path: str | Path) -> tuple[CostGraph, Devices]:
 def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], list[str]]:
     """An expert split file as (node -> device slot, kind of each slot).
 
-    Slots list the file's accelerators first, then its CPUs.
+    Slots list the file's accelerators first, then its CPUs. In a training
+    graph a backward node the file leaves out goes to the slot of its colour
+    class (the paper's rule: a split of the forward nodes is completed by
+    the classes).
     """
     try:
         doc = json.loads(Path(path).read_text())
@@ -133,10 +139,32 @@ def load_expert_split(path: str | Path, graph: CostGraph) -> tuple[list[int], li
                 if str(nid) not in index:
                     raise ModelError(f"{path}: node {nid} is not in the graph")
                 slot_of[index[str(nid)]] = slot
+    if graph.training:
+        _place_backward(graph, slot_of, path)
     missing = [graph.names[v] for v in range(graph.n) if slot_of[v] < 0]
     if missing:
         raise ModelError(f"{path}: nodes {missing[:5]} are not placed")
     return slot_of, kinds
+
+
+def _place_backward(graph: CostGraph, slot_of: list[int], path: str | Path) -> None:
+    """Put each unplaced backward node on the one slot its colour class has; ModelError if none or several."""
+    classes = UnionFind(graph.n)
+    for group in graph.groups:
+        for v in group[1:]:
+            classes.union(group[0], v)
+    slots: dict[int, set[int]] = defaultdict(set)
+    for v in range(graph.n):
+        if slot_of[v] >= 0:
+            slots[classes.find(v)].add(slot_of[v])
+    for v in range(graph.n):
+        if slot_of[v] >= 0 or not graph.backward[v]:
+            continue
+        found = slots.get(classes.find(v), set())
+        if len(found) != 1:
+            what = "no node of its colour class is placed" if not found else "its colour class is placed on several devices"
+            raise ModelError(f"{path}: backward node {graph.names[v]} is not placed and {what}")
+        slot_of[v] = next(iter(found))
 
 
 def to_paper(graph: CostGraph, devices: Devices) -> dict[str, Any]:
@@ -149,6 +177,12 @@ def to_paper(graph: CostGraph, devices: Devices) -> dict[str, Any]:
     quiet = [k for k in devices.kinds if not k.communicates]
     acc_kind = talking[0].name if talking else graph.kinds[0]
     cpu_kind = quiet[0].name if quiet else acc_kind
+    # Groups are colour classes; a graph read from the paper's format has them in its attrs already.
+    color: dict[int, int] = {}
+    if not any("colorClass" in a for a in graph.attrs):
+        for i, group in enumerate(graph.groups):
+            for v in group:
+                color.setdefault(v, i)
     nodes = []
     for v in range(graph.n):
         attrs = dict(graph.attrs[v]) if graph.attrs else {}
@@ -159,8 +193,11 @@ def to_paper(graph: CostGraph, devices: Devices) -> dict[str, Any]:
             "supportedOnFpga": attrs.get("supportedOnFpga", math.isfinite(fpga)),
             "cpuLatency": attrs.get("cpuLatency", graph.compute[cpu_kind][v]),
             "fpgaLatency": attrs.get("fpgaLatency", fpga if math.isfinite(fpga) else 0.0),
-            "isBackwardNode": attrs.get("isBackwardNode", False),
+            # The graph's flag decides; the file's own spelling (0/1) is kept when it agrees.
+            "isBackwardNode": attrs["isBackwardNode"] if bool(attrs.get("isBackwardNode")) == graph.is_backward(v)
+            and "isBackwardNode" in attrs else graph.is_backward(v),
             "size": attrs.get("size", graph.memory[v]),
+            **({"colorClass": color[v]} if v in color else {}),
         }
         for key, value in attrs.items():
             node.setdefault(key, value)

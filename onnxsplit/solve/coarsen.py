@@ -17,6 +17,11 @@ and expanded back is optimal for the original graph:
   from one node u and whose outputs cost nothing to move. Moving v onto u's
   stage never raises a load either.
 * Fold a free node with no tensors (rule C) into any node it is free beside.
+
+A training graph is contracted by :mod:`onnxsplit.solve.training` instead
+(colour classes forward and backward apart, orphaned backward nodes) and
+folded by its own rule (:func:`onnxsplit.solve.training.fold_units`): the
+rules above read tensors as precedence, which backward tensors are not.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.dag import UnionFind, topological_order
 from onnxsplit.devices import Devices
+from onnxsplit.solve.training import fold_units, training_units, unit_graph
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,16 @@ class Coarsened:
     """A coarse graph and the map back to the original nodes.
 
     ``members[c]`` lists the original nodes of coarse node c; ``of[v]`` is
-    the coarse node holding original node v.
+    the coarse node holding original node v. ``precedence``, when set, lists
+    the coarse edges a chain of ideals must respect; the coarse graph's
+    tensors then only carry cost (a training graph's backward tensors run
+    against the order). None means the coarse graph's own edges.
     """
 
     graph: CostGraph
     members: tuple[tuple[int, ...], ...]
     of: tuple[int, ...]
+    precedence: tuple[tuple[int, int], ...] | None = None
 
     def expand(self, coarse_values: tuple[int, ...] | list[int]) -> tuple[int, ...]:
         """Per-coarse-node values (e.g. stages) as per-original-node values."""
@@ -279,6 +289,11 @@ def coarsen(graph: CostGraph, devices: Devices | None = None, *, fold: bool = Tr
     ``devices`` lets folding ignore memory when no device can run out of it;
     without it only nodes that pin no memory are folded.
     """
+    if graph.training:
+        units = training_units(graph)
+        if fold:
+            units = fold_units(units, ignore_memory=devices is not None and memory_never_binds(graph, devices))
+        return Coarsened(unit_graph(graph, units), units.members, units.unit_of, precedence=units.edges)
     uf = _Union(graph.n)
     for group in graph.groups:
         for v in group[1:]:

@@ -7,9 +7,11 @@ This module is the public API (:func:`solve_dp`, :func:`solve_dp_with_stats`,
 communication formula they use) is in :mod:`onnxsplit.solve.lattice`.
 
 A contiguous split is a chain of ideals (down-closed node sets)
-``{} = I_0 <= I_1 <= ... <= I_m = V``; device p holds ``I_p \\ I_{p-1}``. The
-DP keeps, for every ideal I and every count of devices of each kind, the best
-max-load that covers I with those devices, and extends it by one device
+``{} = I_0 <= I_1 <= ... <= I_m = V``; device p holds ``I_p \\ I_{p-1}``.
+(For a training graph, ideals of the forward precedence over units, see
+:mod:`onnxsplit.solve.training`; backward tensors are priced by membership.)
+The DP keeps, for every ideal I and every count of devices of each kind, the
+best max-load that covers I with those devices, and extends it by one device
 holding ``I \\ J`` for every sub-ideal J. Devices of one kind are identical
 and the chain may order kinds freely, so counts per kind are the whole state.
 
@@ -75,17 +77,21 @@ class DPStats:
     seconds: float
 
 
-def _topological_orders(graph: CostGraph) -> list[list[int]]:
-    """A few topological orders whose prefix chains give good first plans.
+def _topological_orders(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
+    """A few topological orders (of ``edges`` over nodes 0..n-1) whose prefix chains give good first plans.
 
     The stored order, a depth-first one (finish a branch before starting the
     next, so prefixes cut few tensors), and a depth-first one from the sinks.
     """
-    succ, pred = graph.successors(), graph.predecessors()
+    succ: list[list[int]] = [[] for _ in range(n)]
+    pred: list[list[int]] = [[] for _ in range(n)]
+    for u, v in sorted(set(edges)):
+        succ[u].append(v)
+        pred[v].append(u)
 
     def lifo(out: list[list[int]], into: list[list[int]]) -> list[int]:
         indeg = [len(p) for p in into]
-        ready = [v for v in reversed(range(graph.n)) if indeg[v] == 0]
+        ready = [v for v in reversed(range(n)) if indeg[v] == 0]
         order = []
         while ready:
             v = ready.pop()
@@ -96,7 +102,7 @@ def _topological_orders(graph: CostGraph) -> list[list[int]]:
                     ready.append(w)
         return order
 
-    return [list(range(graph.n)), lifo(succ, pred), lifo(pred, succ)[::-1]]
+    return [list(range(n)), lifo(succ, pred), lifo(pred, succ)[::-1]]
 
 
 def _prefix_bits(order: list[int], words: int) -> np.ndarray:
@@ -106,10 +112,10 @@ def _prefix_bits(order: list[int], words: int) -> np.ndarray:
     return pack_bits(rows)
 
 
-def _first_plan(prob: Problem, cg: CostGraph, limits: dict) -> tuple[float, tuple]:
-    """The best chain of prefixes of a few topological orders: a plan to prune with."""
+def _first_plan(prob: Problem, cg: CostGraph, precedence: list[tuple[int, int]], limits: dict) -> tuple[float, tuple]:
+    """The best chain of prefixes of a few topological orders (of the precedence edges): a plan to prune with."""
     heuristic, first = math.inf, ()
-    for order in _topological_orders(cg):
+    for order in _topological_orders(cg.n, precedence):
         found = solve_lattice(prob, _prefix_bits(order, prob.words), heuristic, progress=None, **limits)
         if found.value < heuristic:
             heuristic, first = found.value, found.chain
@@ -171,13 +177,15 @@ def solve_dp_with_stats(
     cg = coarse.graph
     _check_capable(graph, devices, cg, coarse.members)
     report_progress(progress, "coarsen", 1.0)
-    prob = Problem(cg, devices)
+    precedence = cg.edges() if coarse.precedence is None else list(coarse.precedence)
+    prob = Problem(cg, devices, precedence=coarse.precedence)
     limits = dict(max_pairs=max_pairs, deadline=deadline, time_limit=time_limit)
     proven = math.inf  # the plan's own value unless a bounded search proves less
     try:
         bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=time_limit,
                                 progress=progress)
-        heuristic, first = _first_plan(prob, cg, limits) if len(bits) > 4 * (cg.n + 1) else (math.inf, ())
+        heuristic, first = _first_plan(prob, cg, precedence, limits) if len(bits) > 4 * (cg.n + 1) else (math.inf, ())
+        report_progress(progress, "bound", 1.0)
         bound = min(heuristic, upper_bound)
         log.debug("dp: %d nodes, %d coarse, %d ideals, first bound %g", graph.n, cg.n, len(bits), heuristic)
         found = solve_lattice(prob, bits, bound, progress=progress, **limits)
@@ -186,7 +194,7 @@ def solve_dp_with_stats(
         raise
     except DPTooLarge:
         # Too many ideals or pairs in all: search only those that can lie on a chain within a bound.
-        heuristic, first = _first_plan(prob, cg, limits)
+        heuristic, first = _first_plan(prob, cg, precedence, limits)
         bound = min(heuristic, upper_bound)
         bounded = None if math.isinf(bound) else search_below(prob, bound, reached=bound == heuristic,
                                                                 max_ideals=max_ideals, progress=progress, **limits)
@@ -226,6 +234,9 @@ def solve_dp_with_stats(
     stage_of = coarse.expand([int(s) for s in stage_coarse])
     seconds = time.monotonic() - began
     notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {nideals} ideals, {npairs} pairs, {seconds:.3f} s",)
+    if graph.training:
+        notes += ("training graph: the forward part is split into a chain of ideals, backward nodes follow their"
+                  " colour class",)
     if math.isfinite(proven) and proven < value:
         notes += (f"dp: no contiguous plan below {proven:.10g} (ideals within that bound searched)",)
     # Proven optimal: the bound is the plan's own (rescored) value, or the bounded search's proof.

@@ -171,7 +171,9 @@ def evaluate_expert(graph: CostGraph, devices: Devices, split_path: str | Path) 
 
     The file's accelerator slots go to the ``acc`` devices in order and its
     CPU slots to the ``cpu`` devices in order; stages are put in pipeline
-    order when tensors only flow forward between them.
+    order when tensors only flow forward between them (forward tensors, for
+    a training graph). A training split may name forward nodes only: each
+    backward node then goes with its colour class, as the paper's scorer does.
     """
     from onnxsplit.paperformat import load_expert_split
 

@@ -5,17 +5,20 @@ Two formulations, both on *units* (see :mod:`onnxsplit.solve.units`):
 * contiguous, the "ideal chain": y[u, p] = 1 when unit u is inside ideal p.
   Ideals are nested and down-closed, so stage p (ideal p minus ideal p-1) is
   exactly what the DP searches, and there is no symmetry between identical
-  devices -- the reason CBC closes it where a per-device model stalls.
+  devices -- the reason CBC closes it where a per-device model stalls. For
+  a training graph the units and their precedence come from
+  :mod:`onnxsplit.solve.training` (only forward edges are precedence).
 * non-contiguous: x[u, d] = 1 when unit u is on device d, with the usual
   ordering cuts between identical devices.
 
 A tensor's transfer is charged to a stage through one continuous variable
 per (merged tensor, stage) that is at least |in(producer) - in(consumer)|
 for every consumer: it touches the stage and crosses its boundary, which is
-exactly "sent" or "received" there. Both report the incumbent re-scored from
-scratch and the solver's proven bound. HiGHS (``solver_name="highs"``, needs
-highspy/highsbox) closes the chain model far faster than CBC here: measured
-layer_resnet50 12 s against about 175 s.
+exactly "sent" or "received" there -- whichever way the tensor runs, so a
+training graph's backward tensors need nothing special. Both report the
+incumbent re-scored from scratch and the solver's proven bound. HiGHS
+(``solver_name="highs"``, needs highspy/highsbox) closes the chain model far
+faster than CBC here: measured layer_resnet50 12 s against about 175 s.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError, OnnxSplitError, UsageError
 from onnxsplit.solve.plan import Plan, Solver, fits_devices, is_ideal_chain, make_plan, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.training import training_units
 from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
@@ -392,7 +396,11 @@ def solve_ip(
     label = Solver.IP if contiguous else Solver.IP_NONCONTIGUOUS
     if graph.n == 0:
         return make_plan(graph, devices, [], [], solver=label)
-    units = units_of(graph, merge_cycles=contiguous)
+    if contiguous and graph.training:
+        units = training_units(graph)
+    else:
+        # Non-contiguous: a colour class (forward and backward members) is one unit; no edge is precedence.
+        units = units_of(graph, merge_cycles=contiguous)
     model = new_model(solver_name, threads=threads, time_limit=time_limit, rel_gap=rel_gap)
     expanded = devices.expanded()
     start = None

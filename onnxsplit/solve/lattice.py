@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,13 +52,22 @@ class KindArrays:
 class Problem:
     """The coarse graph as arrays, and the device kinds that exist.
 
-    Before: node ids of ``graph`` are a topological order and every device
-    kind with a device has compute times in it. ``kinds`` lists only kinds
-    with at least one device, in the order of ``devices.kinds``; ``words`` is
-    the number of uint64 words of an ideal's bitset.
+    Before: node ids of ``graph`` are a topological order of ``precedence``
+    (by default the graph's own edges) and every device kind with a device
+    has compute times in it. ``kinds`` lists only kinds with at least one
+    device, in the order of ``devices.kinds``; ``words`` is the number of
+    uint64 words of an ideal's bitset.
+
+    Tensors come in two sorts. A *forward* tensor's readers are all direct
+    successors of its producer in the precedence (every tensor of an
+    inference graph): ``prod``, ``cost``, ``fanout`` and ``readers``. Any
+    other tensor (a training graph's backward tensors) is priced by
+    membership only: ``gcost``, ``gsize`` (its number of endpoints, producer
+    and readers) and ``gends`` (slot j lists (tensor, its j-th endpoint)).
     """
 
-    def __init__(self, graph: CostGraph, devices: Devices) -> None:
+    def __init__(self, graph: CostGraph, devices: Devices, *,
+                 precedence: Sequence[tuple[int, int]] | None = None) -> None:
         n = graph.n
         self.n = n
         self.words = max(1, (n + 63) // 64)
@@ -80,23 +89,49 @@ class Problem:
         cheapest = np.min([np.where(k.banned > 0, np.inf, k.compute) for k in self.kinds], axis=0)
         # A node no kind can run is refused before solving; 0 keeps the sums finite meanwhile.
         self.cheapest = np.where(np.isinf(cheapest), 0.0, cheapest)
-        tensors = [t for t in graph.tensors if t.cost > 0 and t.consumers]
+        edges = graph.edges() if precedence is None else sorted(set(precedence))
+        priced = [t for t in graph.tensors if t.cost > 0 and t.consumers]
+        if precedence is None:
+            tensors, general = priced, []
+        else:
+            direct = set(edges)
+            tensors = [t for t in priced if all((t.producer, c) in direct for c in t.consumers)]
+            general = [t for t in priced if not all((t.producer, c) in direct for c in t.consumers)]
         self.prod = np.array([t.producer for t in tensors], dtype=np.int64)
         self.cost = np.array([t.cost for t in tensors], dtype=np.float64)
         self.fanout = np.array([len(t.consumers) for t in tensors], dtype=np.int64)
         # Readers by slot: slot j lists (tensor, its j-th consumer) for tensors with more than j.
-        self.readers: list[tuple[np.ndarray, np.ndarray]] = []
-        for j in range(int(self.fanout.max(initial=0))):
-            which = [i for i, t in enumerate(tensors) if len(t.consumers) > j]
-            reader = [tensors[i].consumers[j] for i in which]
-            self.readers.append((np.array(which, dtype=np.int64), np.array(reader, dtype=np.int64)))
+        self.readers = _slots([t.consumers for t in tensors])
+        ends = [(t.producer, *t.consumers) for t in general]
+        self.gcost = np.array([t.cost for t in general], dtype=np.float64)
+        self.gsize = np.array([len(e) for e in ends], dtype=np.int64)
+        self.gends = _slots(ends)
         # Per node, (word, bits) of its predecessors, for growing ideals.
+        preds: list[set[int]] = [set() for _ in range(n)]
+        for u, v in edges:
+            if not u < v:
+                raise ValueError(f"precedence edge {u}->{v} goes against the node order")
+            preds[v].add(u)
         self.pred_masks: list[list[tuple[int, np.uint64]]] = []
-        for preds in graph.predecessors():
+        for pred in preds:
             words: dict[int, int] = {}
-            for u in preds:
+            for u in pred:
                 words[u >> 6] = words.get(u >> 6, 0) | 1 << (u & 63)
             self.pred_masks.append([(w, np.uint64(m)) for w, m in sorted(words.items())])
+
+    @property
+    def columns(self) -> int:
+        """Rows of the communication matrices: one per (forward tensor, reader) and per (other tensor, endpoint)."""
+        return int(self.fanout.sum() + self.gsize.sum())
+
+
+def _slots(lists: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Slot j: (indices of the lists longer than j, their j-th entries)."""
+    out = []
+    for j in range(max((len(x) for x in lists), default=0)):
+        which = [i for i, x in enumerate(lists) if len(x) > j]
+        out.append((np.array(which, dtype=np.int64), np.array([lists[i][j] for i in which], dtype=np.int64)))
+    return out
 
 
 def pack_bits(rows: np.ndarray) -> np.ndarray:

@@ -23,6 +23,15 @@ rows, and a block of pairs is scored by one matrix product. Compute and
 memory of D are differences of per-ideal sums. (tests/solve/test_dp.py
 checks this against the plan module's scoring on every pair of ideals.)
 
+A tensor whose readers need not follow its producer (a training graph's
+backward tensor, whose endpoints are placed by their forward nodes) is
+priced by membership alone: with E its endpoints (producer and readers),
+e = |E| and k(X) = |E & X|, a device pays it exactly when it holds some but
+not all of E, ``[0 < k(D) < e]``, and with k(D) = k(I) - k(J) that is
+``[k(J) = 0][0 < k(I) < e] + sum_{a >= 1} [k(J) = a][k(I) > a]``: again one
+J-only times one I-only factor per term, so these tensors only add rows to
+right and left.
+
 Per device kind, ideals are sorted by that kind's compute, so a block of
 ideals only meets a window of candidates (compute alone must fit),
 subset-tested as uint64 bitsets, with the matrix product only over tensors
@@ -69,7 +78,7 @@ class Table:
         self.size = cols["size"][order]
         self.empty = int(np.flatnonzero(self.size == 0)[0])
         self.full = int(np.flatnonzero(self.size == prob.n)[0])
-        self.columns = int(prob.fanout.sum())
+        self.columns = prob.columns
         self._comm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @staticmethod
@@ -87,9 +96,12 @@ class Table:
     def comm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(send, gift, right, left): comm(I \\ J) = send[I] + gift[J] + right[:, I] . left[:, J].
 
-        Row block a of right/left holds the tensors with more than a readers:
-        left is ``w [p in J]([k_t(J) = a] + [a = m_t - 1])``, right is
-        ``[k_t(I) > a]``. Tensors are rows so that gathers copy whole rows.
+        Row block a of right/left holds the forward tensors with more than a
+        readers: left is ``w [p in J]([k_t(J) = a] + [a = m_t - 1])``, right is
+        ``[k_t(I) > a]``. Then block a of the other tensors, those with more
+        than a endpoints: left ``w [k_t(J) = a]``, right ``[k_t(I) > a]``
+        (for a = 0, ``[0 < k_t(I) < e_t]``). Tensors are rows so that gathers
+        copy whole rows.
         """
         if self._comm is not None:
             return self._comm
@@ -119,6 +131,18 @@ class Table:
                 recv = (inside[which] == a).astype(np.float64)
                 left[rows, ideals] = paid[which] * (recv + (prob.fanout[which] == a + 1)[:, None])
                 right[rows, ideals] = inside[which] > a
+            if len(prob.gcost):
+                held = np.zeros((len(prob.gcost), member.shape[1]))  # k_t(X): endpoints of t inside X
+                for which, end in prob.gends:
+                    held[which] += member[end]
+                for a, (which, _) in enumerate(prob.gends):
+                    rows = slice(row, row + len(which))
+                    row += len(which)
+                    left[rows, ideals] = prob.gcost[which, None] * (held[which] == a)
+                    if a == 0:
+                        right[rows, ideals] = (held[which] > 0) & (held[which] < prob.gsize[which, None])
+                    else:
+                        right[rows, ideals] = held[which] > a
         self._comm = send, gift, right, left
         return self._comm
 

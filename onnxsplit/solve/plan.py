@@ -242,12 +242,16 @@ def make_plan(
 
 
 def stage_order_violations(graph: CostGraph, stage_of) -> list[tuple[int, int]]:
-    """Edges (u, v) whose tensor would flow from a later stage to an earlier one."""
-    return [(u, v) for u, v in graph.edges() if stage_of[u] > stage_of[v]]
+    """Edges (u, v) whose tensor would flow from a later stage to an earlier one.
+
+    In a training graph only forward edges count: backward tensors flow back by design.
+    """
+    return [(u, v) for u, v in graph.precedence_edges() if stage_of[u] > stage_of[v]]
 
 
 def is_ideal_chain(graph: CostGraph, stage_of) -> bool:
-    """True when every stage is the difference of two nested ideals, stages in order."""
+    """True when every stage is the difference of two nested ideals (of the forward graph, for a
+    training graph), stages in order."""
     return not stage_order_violations(graph, stage_of)
 
 
@@ -312,13 +316,14 @@ def simple_lower_bound(graph: CostGraph, devices: Devices) -> float:
 def device_graph_order(graph: CostGraph, device_of: Sequence[int]) -> tuple[list[int], bool]:
     """Used devices in a pipeline order, and whether tensors only flow forward.
 
-    Topological order of the device graph (an edge where a tensor crosses)
-    when it is acyclic; otherwise devices ordered by their first node.
+    Topological order of the device graph (an edge where a tensor crosses;
+    only forward tensors in a training graph) when it is acyclic; otherwise
+    devices ordered by their first node.
     """
     used = sorted(set(device_of))
     succ: dict[int, set[int]] = {d: set() for d in used}
     indeg = {d: 0 for d in used}
-    for u, v in graph.edges():
+    for u, v in graph.precedence_edges():
         a, b = device_of[u], device_of[v]
         if a != b and b not in succ[a]:
             succ[a].add(b)

@@ -21,6 +21,7 @@ from onnxsplit.solve import pairs as pairsmod
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.dp import DPBoundTooLow, DPTimeout, DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.plan import check_plan, stage_loads
+from test_training import training_problems
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 GRAPHS = [
@@ -249,8 +250,10 @@ def test_fold_rules() -> None:
         assert solve_dp(graph, devices).value == pytest.approx(brute_force(graph, devices))
 
 
-def _ideals(graph: CostGraph) -> list[frozenset[int]]:
-    preds = graph.predecessors()
+def _ideals(graph: CostGraph, precedence: list[tuple[int, int]] | None = None) -> list[frozenset[int]]:
+    preds: list[list[int]] = [[] for _ in range(graph.n)]
+    for u, v in graph.edges() if precedence is None else precedence:
+        preds[v].append(u)
     out = []
     for mask in range(1 << graph.n):
         s = {v for v in range(graph.n) if mask >> v & 1}
@@ -259,33 +262,51 @@ def _ideals(graph: CostGraph) -> list[frozenset[int]]:
     return out
 
 
-@hsettings(80)
-@given(problems(max_nodes=8, free=0.1))
-def test_difference_loads_match_the_scoring(problem) -> None:
-    """comm(I \\ J) = send(I) + gift(J) + right(I) . left(J) equals the plan module's scoring."""
-    graph, _ = problem
+def _check_difference_loads(graph: CostGraph, coarse: CostGraph, members, precedence) -> None:
+    """comm(I \\ J) from the table's rows equals the plan module's scoring of the original graph."""
     devices = acc_cpu(3, 1, INF)
-    prob = latticemod.Problem(graph, devices)
-    ideals = _ideals(graph)
+    prob = latticemod.Problem(coarse, devices, precedence=precedence)
+    ideals = _ideals(coarse, precedence)
     rows = np.zeros((len(ideals), prob.words * 64), dtype=bool)
     for i, s in enumerate(ideals):
         rows[i, list(s)] = True
     tab = pairsmod.Table(prob, latticemod.pack_bits(rows))
-    sets = [frozenset(np.flatnonzero(latticemod.unpack_bits(tab.bits[i : i + 1], graph.n)[0])) for i in range(len(ideals))]
+    sets = [frozenset(np.flatnonzero(latticemod.unpack_bits(tab.bits[i : i + 1], coarse.n)[0])) for i in range(len(ideals))]
     kinds = [k.name for k in prob.kinds]
+    unit = {v: c for c, m in enumerate(members) for v in m}
     send, gift, right, left = tab.comm()
     for i, outer in enumerate(sets):
         for j, inner in enumerate(sets):
             if not inner <= outer:
                 continue
             comm = send[i] + gift[j] + right[:, i] @ left[:, j]
-            # Stage 0 = J on cpu, stage 1 = I \ J on an accelerator, stage 2 = the rest on another one.
-            stage_of = [0 if v in inner else 1 if v in outer else 2 for v in range(graph.n)]
+            # Stage 0 = J on cpu, stage 1 = I \\ J on an accelerator, stage 2 = the rest on another one.
+            place = [0 if c in inner else 1 if c in outer else 2 for c in range(coarse.n)]
+            stage_of = [place[unit[v]] for v in range(graph.n)]
             sl = stage_loads(graph, devices, stage_of, [3, 0, 1])[1]
             assert comm == pytest.approx(sl.receive + sl.send, abs=1e-9)
             acc = kinds.index("acc")
             if tab.banned[acc][i] == tab.banned[acc][j]:
                 assert tab.compute[acc][i] - tab.compute[acc][j] == pytest.approx(sl.compute, abs=1e-9)
+
+
+@hsettings(80)
+@given(problems(max_nodes=8, free=0.1))
+def test_difference_loads_match_the_scoring(problem) -> None:
+    """comm(I \\ J) = send(I) + gift(J) + right(I) . left(J) equals the plan module's scoring."""
+    graph, _ = problem
+    _check_difference_loads(graph, graph, [(v,) for v in range(graph.n)], None)
+
+
+@hsettings(80)
+@given(training_problems(max_forward=6, max_assignments=0))
+def test_difference_loads_match_the_scoring_on_training_graphs(problem) -> None:
+    """The same on a training graph's units, whose backward tensors are priced by membership."""
+    graph, _ = problem
+    coarse = coarsen(graph, fold=False)
+    assert coarse.precedence is not None or not graph.training
+    precedence = list(coarse.precedence) if coarse.precedence is not None else None
+    _check_difference_loads(graph, coarse.graph, coarse.members, precedence)
 
 
 # ---------------------------------------------------------------- edge cases
