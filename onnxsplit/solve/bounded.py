@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxsplit.solve.chain import LatticeResult, solve_lattice
+from onnxsplit.solve.cutbound import node_bound
 from onnxsplit.solve.lattice import DPTimeout, DPTooLarge, Problem, Progress, check_time, pack_bits, report_progress
 
 log = logging.getLogger(__name__)
@@ -199,13 +200,17 @@ class BoundedResult:
 
     ``found`` is the best chain within the last bound tried (its ``value`` is
     the optimum when finite); ``lower_bound`` is proven: no chain has a max
-    load below it. ``ideals`` and ``pairs`` count the last lattice solved.
+    load below it. ``ideals`` counts the last lattice solved. ``settled`` is
+    False when no bound tried settled the question (lattices too large, or
+    time ran out): then ``found`` is empty and ``lower_bound`` is all that
+    was proven.
     """
 
     found: LatticeResult
     lower_bound: float
     ideals: int
     bounds_tried: tuple[float, ...]
+    settled: bool = True
 
 
 # How far below a known plan's value the last proof looks: far above float noise, far below any printed gap.
@@ -259,19 +264,24 @@ def search_below(
     every chain within that bound was searched), ``max_tries`` bounds were
     tried or time runs out.
 
-    Returns None when no bound tried was small enough to settle anything;
-    raises :class:`DPTimeout` past ``deadline``. Before: ``known`` is finite.
+    A lower bound within :data:`JUST_BELOW` of a reached ``known`` settles
+    it without any lattice. When nothing settles (every lattice too large,
+    or ``deadline`` passed) the result has ``settled`` False and carries the
+    best bound proven on the way. Before: ``known`` is finite.
     """
     opts = {"max_ideals": max_ideals, "max_pairs": max_pairs, "deadline": deadline, "time_limit": time_limit,
             "progress": progress}
     tried: list[float] = []
     lower, too_large = simple_bound(prob), known
-    if reached and lower >= known:
+    if reached and lower >= known * (1 - JUST_BELOW):
         return BoundedResult(LatticeResult(math.inf, (), 0), lower, 0, ())
     limit = known
     while len(tried) < max_tries:
         tried.append(limit)
-        got = _try(prob, limit, **opts)
+        try:
+            got = _try(prob, limit, **opts)
+        except DPTimeout:
+            break
         if got is not None:
             log.debug("bound %.10g: %d ideals, best chain %g", limit, got[1], got[0].value)
         if got is not None:
@@ -290,15 +300,15 @@ def search_below(
             limit = (lower + too_large) / 2
         if too_large - lower <= JUST_BELOW * known or time.monotonic() > deadline:
             break
-    return None
+    return BoundedResult(LatticeResult(math.inf, (), 0), lower, 0, tuple(tried), settled=False)
 
 
 def simple_bound(prob: Problem) -> float:
-    """A max load no chain can go below: the largest node alone, and the total over every device's capacity."""
+    """A max load no chain can go below: the total over every device's capacity, and :func:`node_bound`."""
     caps = 0.0
     for kind in prob.kinds:
         usable = (kind.banned == 0) & (kind.compute > 0)
         caps += kind.count * float((prob.cheapest[usable] / kind.compute[usable]).max(initial=0.0))
     total = float(prob.cheapest.sum())
     spread = total / caps if caps > 0 else (math.inf if total > 0 else 0.0)
-    return max(float(prob.cheapest.max(initial=0.0)), spread)
+    return max(float(prob.cheapest.max(initial=0.0)), spread, node_bound(prob))

@@ -40,8 +40,8 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve.bounded import search_below
-from onnxsplit.solve.coarsen import coarsen
+from onnxsplit.solve.bounded import search_below, simple_bound
+from onnxsplit.solve.coarsen import Coarsened, coarsen
 from onnxsplit.solve.lattice import (
     DPTimeout,
     DPTooLarge,
@@ -192,14 +192,19 @@ def solve_dp_with_stats(
         nideals = len(bits)
     except DPTimeout:
         raise
-    except DPTooLarge:
+    except DPTooLarge as exc:
         # Too many ideals or pairs in all: search only those that can lie on a chain within a bound.
         heuristic, first = _first_plan(prob, cg, precedence, limits)
         bound = min(heuristic, upper_bound)
-        bounded = None if math.isinf(bound) else search_below(prob, bound, reached=bound == heuristic,
-                                                                max_ideals=max_ideals, progress=progress, **limits)
-        if bounded is None:
-            raise
+        if math.isinf(bound):
+            raise DPTooLarge(str(exc), lower_bound=simple_bound(prob)) from exc
+        bounded = search_below(prob, bound, reached=bound == heuristic, max_ideals=max_ideals, progress=progress,
+                               **limits)
+        if not bounded.settled:
+            # Hand what was proven and the best plan seen to whoever falls back.
+            seen = _chain_plan(graph, devices, coarse, prob, first, lower_bound=bounded.lower_bound) if first else None
+            raise type(exc)(f"{exc}; the bounded search proved no plan below {bounded.lower_bound:.10g}",
+                            lower_bound=bounded.lower_bound, plan=seen) from exc
         found, nideals = bounded.found, bounded.ideals
         # A chain found is optimal; with none, the first plan is, down to the proven bound.
         proven = math.inf if math.isfinite(found.value) else bounded.lower_bound
@@ -270,3 +275,19 @@ def solve_dp(
         graph, devices, max_ideals=max_ideals, time_limit=time_limit, upper_bound=upper_bound, progress=progress
     )
     return plan
+
+
+def _chain_plan(graph: CostGraph, devices: Devices, coarse: Coarsened, prob: Problem, chain, *,
+                lower_bound: float) -> Plan:
+    """The plan of a chain of coarse ideals ((inner, outer, kind) per device), scored on ``graph``."""
+    expanded = devices.expanded()
+    next_device = {k.name: next(i for i, e in enumerate(expanded) if e.name == k.name) for k in prob.kinds}
+    stage_coarse = np.full(coarse.graph.n, -1, dtype=np.int64)
+    stage_device = []
+    for s, (inner, outer, k) in enumerate(chain):
+        stage_coarse[unpack_bits((outer & ~inner)[None, :], coarse.graph.n)[0] > 0] = s
+        stage_device.append(next_device[prob.kinds[k].name])
+        next_device[prob.kinds[k].name] += 1
+    stage_of = coarse.expand([int(s) for s in stage_coarse])
+    return make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=lower_bound,
+                     notes=("dp: the best chain of prefixes of a few topological orders",))

@@ -123,7 +123,7 @@ def _memory_binds(units: Units, kind: DeviceKind) -> bool:
 # ----------------------------------------------------------------------------- contiguous
 
 
-def _chain_model(graph: CostGraph, devices: Devices, units: Units, model: mip.Model):
+def _chain_model(graph: CostGraph, devices: Devices, units: Units, model: mip.Model, *, proven: float = 0.0):
     kinds = _kinds(devices)
     P = devices.count
     U = units.count
@@ -158,7 +158,7 @@ def _chain_model(graph: CostGraph, devices: Devices, units: Units, model: mip.Mo
         # A stage holding u has a kind, and one that can hold u.
         for p in range(P):
             model += Z(u, p) <= mip.xsum(k[p][t] for t, kind in enumerate(kinds) if _allowed(units, kind, u))
-    lb = max(simple_lower_bound(graph, devices), kind_bound(units, devices))
+    lb = max(simple_lower_bound(graph, devices), kind_bound(units, devices), proven)
     T = model.add_var(lb=lb)
     links = [link for link in units.links if link.cost > 0]
     talk = any(kind.communicates for kind in kinds)
@@ -314,7 +314,8 @@ def _read_chain(graph: CostGraph, devices: Devices, units: Units, y, k, kinds) -
 # ----------------------------------------------------------------------------- non-contiguous
 
 
-def _device_model(graph: CostGraph, devices: Devices, units: Units, model: mip.Model, *, symmetry: bool):
+def _device_model(graph: CostGraph, devices: Devices, units: Units, model: mip.Model, *, symmetry: bool,
+                  proven: float = 0.0):
     expanded = devices.expanded()
     D = len(expanded)
     U = units.count
@@ -324,7 +325,7 @@ def _device_model(graph: CostGraph, devices: Devices, units: Units, model: mip.M
     ]
     for u in range(U):
         model += mip.xsum(x[u]) == 1
-    T = model.add_var(lb=max(simple_lower_bound(graph, devices), kind_bound(units, devices)))
+    T = model.add_var(lb=max(simple_lower_bound(graph, devices), kind_bound(units, devices), proven))
     for d, kind in enumerate(expanded):
         if _memory_binds(units, kind):
             mem = [(units.memory[u] / kind.memory, x[u][d]) for u in range(U) if units.memory[u] > 0]
@@ -384,6 +385,7 @@ def solve_ip(
     threads: int = 1,
     rel_gap: float = 1e-7,
     symmetry: bool = True,
+    lower_bound: float = 0.0,
 ) -> Plan:
     """Minimise the max load with an integer program.
 
@@ -392,6 +394,10 @@ def solve_ip(
     a bound on every placement, contiguous or not). A warm start is passed to
     the solver and is also returned, with the proven bound, should the
     solver end with nothing better.
+
+    ``lower_bound`` is a max load the caller has proven no plan of the
+    model's kind (contiguous or not, as asked) can go below; the objective
+    starts there, which tightens every node's LP bound.
     """
     label = Solver.IP if contiguous else Solver.IP_NONCONTIGUOUS
     if graph.n == 0:
@@ -405,11 +411,11 @@ def solve_ip(
     expanded = devices.expanded()
     start = None
     if contiguous:
-        y, k, kinds = _chain_model(graph, devices, units, model)
+        y, k, kinds = _chain_model(graph, devices, units, model, proven=lower_bound)
         if warm_start is not None:
             start = _chain_start(units, devices, warm_start, y, k, kinds)
     else:
-        x = _device_model(graph, devices, units, model, symmetry=symmetry)
+        x = _device_model(graph, devices, units, model, symmetry=symmetry, proven=lower_bound)
         if warm_start is not None:
             unit_dev = [warm_start.stage_device[warm_start.stage_of[m[0]]] for m in units.members]
             if symmetry:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import OnnxSplitError
+
+if TYPE_CHECKING:
+    from onnxsplit.solve.plan import Plan
 
 Progress = Callable[[str, float], None]
 
@@ -32,7 +35,18 @@ MAX_ROW_BYTES = 2 * 2**30
 
 
 class DPTooLarge(OnnxSplitError):
-    """The DP would need too many ideals, pairs or memory; fall back to another solver."""
+    """The DP would need too many ideals, pairs or memory; fall back to another solver.
+
+    What the run proved before it gave up travels with it, so a fallback
+    starts from there: ``lower_bound`` is a max load no contiguous plan can go
+    below (0.0 when nothing was proven) and ``plan`` the best contiguous plan
+    it saw on the caller's graph (None when it saw none).
+    """
+
+    def __init__(self, message: str, *, lower_bound: float = 0.0, plan: Plan | None = None) -> None:
+        super().__init__(message)
+        self.lower_bound = lower_bound
+        self.plan = plan
 
 
 class DPTimeout(DPTooLarge):

@@ -63,26 +63,57 @@ def _with_note(plan: Plan, note: str) -> Plan:
     return replace(plan, notes=plan.notes + (note,))
 
 
+# Relative difference under which a plan's value and a proven bound are the same number (as the DP's proofs).
+_CLOSED = 1e-8
+
+
+def _proven(plan: Plan, bound: float, note: str) -> Plan:
+    """``plan`` with the best proven bound it has (never above its value) and a note."""
+    return _with_note(replace(plan, lower_bound=min(max(plan.lower_bound, bound), plan.value)), note)
+
+
 def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -> Plan:
+    """The exact DP; when it cannot finish, the best plan seen with the best bound proven on the way.
+
+    Every bound gathered is a proof for the contiguous problem: the DP's
+    bounded search, the simple bound, and the DP on the graph with light
+    nodes made free. A plan that meets the best of them is returned as
+    optimal. Otherwise the relaxed DP's plan (or the DP's own first plan,
+    when better) is returned with that bound; without a relaxed plan, the
+    ideal-chain integer program starts from the best plan and the bound.
+    """
     from onnxsplit.solve.dp import DPTooLarge, solve_dp
 
     start = time.perf_counter()
+
+    def left() -> float:
+        return max(1.0, time_limit - (time.perf_counter() - start))
+
     try:
         return solve_dp(graph, devices, time_limit=time_limit)
     except DPTooLarge as exc:
-        reason = str(exc)
-    relaxed = _relaxed_dp(graph, devices, time_limit=max(1.0, time_limit - (time.perf_counter() - start)))
+        reason, bound, seen = str(exc), exc.lower_bound, exc.plan
+    bound = max(bound, simple_lower_bound(graph, devices))
+    relaxed = _relaxed_dp(graph, devices, time_limit=left())
     if relaxed is not None:
-        return _with_note(relaxed, f"exact DP too large ({reason}); solved with light nodes relaxed")
+        bound = max(bound, relaxed.lower_bound)
+    # On a tie the relaxed DP's plan is kept: its label says how it was found.
+    plans = [p for p in (relaxed, seen) if p is not None]
+    best = min(plans, key=lambda p: p.value) if plans else None
+    if best is not None and bound >= best.value * (1 - _CLOSED):
+        return _proven(best, bound, f"exact DP too large ({reason}); this plan meets a proven lower bound")
+    if relaxed is not None:
+        how = "solved with light nodes relaxed" if best is relaxed else "the DP's first plan beat the relaxed DP's"
+        return _proven(best, bound, f"exact DP too large ({reason}); {how}")
     log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
-    best = _heuristic(graph, devices)
-    best = _with_note(best, f"DP fallback: {reason}")
-    left = max(1.0, time_limit - (time.perf_counter() - start))
+    heuristic = _heuristic(graph, devices)
+    best = heuristic if best is None or heuristic.value < best.value else best
+    best = _proven(best, bound, f"DP fallback: {reason}")
     try:
         from onnxsplit.solve.ip import solve_ip
 
-        plan = solve_ip(graph, devices, contiguous=True, time_limit=left, warm_start=best)
-        return _with_note(plan, f"DP fallback: {reason}") if plan.value <= best.value else best
+        plan = solve_ip(graph, devices, contiguous=True, time_limit=left(), warm_start=best, lower_bound=bound)
+        return _proven(plan, bound, f"DP fallback: {reason}") if plan.value <= best.value else best
     except (OnnxSplitError, ImportError) as exc:
         log.warning("integer program fallback failed (%s); returning the %s plan", exc, best.solver)
         return best
