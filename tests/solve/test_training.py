@@ -420,3 +420,96 @@ def test_cli_on_a_training_graph(capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["value"] == pytest.approx(EXPECTED["graphs"][name]["dp_optimum"], rel=1e-6)
     assert doc["gap"] == 0 and doc["contiguous"]
+
+
+# ---------------------------------------------------------------- the baselines and auto's fallback
+
+
+def chain_kept(graph: CostGraph, plan) -> bool:
+    """Every precedence edge between training units (forward tensors, mirrored orphan edges) runs forward in stages."""
+    units = training_units(graph)
+    stage = [plan.stage_of[m[0]] for m in units.members]
+    return all(len({plan.stage_of[v] for v in m}) == 1 for m in units.members) and all(
+        stage[a] <= stage[b] for a, b in units.edges)
+
+
+@pytest.mark.parametrize("name", ["op_resnet50_training.json", "op_bert_l-3_training.json"])
+def test_baselines_on_operator_training_graphs(name: str) -> None:
+    """The contiguous baselines split the graph (no longer one device) and never beat the optimum."""
+    from onnxsplit.solve.greedy import solve_greedy
+    from onnxsplit.solve.linear import solve_linear
+    from onnxsplit.solve.local import solve_local
+
+    optimum = EXPECTED["graphs"][name]["dp_optimum"]
+    graph, devices = load_paper(REFERENCE / name)
+    plans = {}
+    for label, run in (("linear", solve_linear), ("greedy", solve_greedy)):
+        plan = run(graph, devices)
+        check_plan(graph, devices, plan, contiguous=True)
+        assert chain_kept(graph, plan), label
+        assert optimum * (1 - 1e-9) <= plan.value <= 1.5 * optimum, label
+        plans[label] = plan
+    local = solve_local(graph, devices, restarts=2, time_limit=3.0, start=plans["greedy"])
+    check_plan(graph, devices, local)
+    # Non-contiguous, so it may go below the contiguous optimum; never above its start.
+    assert local.value <= plans["greedy"].value * (1 + 1e-12)
+    assert local.lower_bound <= optimum * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["op_resnet50_training.json", "op_bert_l-3_training.json"])
+def test_auto_fallback_on_training_graphs(name: str, monkeypatch) -> None:
+    """When the DP cannot run, auto's heuristic and the integer program it warm-starts give valid plans."""
+    import onnxsplit.solve.dp as dp
+    from onnxsplit.solve.select import _heuristic
+
+    optimum = EXPECTED["graphs"][name]["dp_optimum"]
+    graph, devices = load_paper(REFERENCE / name)
+    heuristic = _heuristic(graph, devices)
+    check_plan(graph, devices, heuristic, contiguous=True)
+    assert chain_kept(graph, heuristic)
+    assert optimum * (1 - 1e-9) <= heuristic.value <= 1.5 * optimum
+
+    def too_large(*args, **kwargs):
+        raise dp.DPTooLarge("forced by the test")
+
+    monkeypatch.setattr(dp, "solve_dp", too_large)
+    plan = solve(graph, devices, solver="auto", time_limit=3)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert chain_kept(graph, plan)
+    assert any("forced by the test" in note for note in plan.notes)
+    assert optimum * (1 - 1e-9) <= plan.value <= heuristic.value * (1 + 1e-9)
+    assert plan.lower_bound <= optimum * (1 + 1e-9)
+
+
+@hsettings(120)
+@given(training_problems())
+def test_contiguous_baselines_against_brute_force(problem) -> None:
+    from onnxsplit.solve.greedy import solve_greedy
+    from onnxsplit.solve.linear import solve_linear
+
+    graph, devices = problem
+    best = brute_force(graph, devices)
+    for run in (solve_linear, solve_greedy):
+        try:
+            plan = run(graph, devices)
+        except InfeasibleError:
+            continue
+        check_plan(graph, devices, plan, contiguous=True)
+        assert chain_kept(graph, plan)
+        assert plan.value >= best * (1 - 1e-9) - 1e-9
+        assert plan.lower_bound <= best * (1 + 1e-9) + 1e-9
+
+
+@hsettings(60)
+@given(training_problems())
+def test_local_search_keeps_classes(problem) -> None:
+    from onnxsplit.solve.local import solve_local
+
+    graph, devices = problem
+    try:
+        plan = solve_local(graph, devices, restarts=2, time_limit=1.0)
+    except InfeasibleError:
+        return
+    check_plan(graph, devices, plan)
+    label = _classes(graph)
+    assert all(plan.stage_of[v] == plan.stage_of[label[v]] for v in range(graph.n))
