@@ -513,3 +513,75 @@ def test_local_search_keeps_classes(problem) -> None:
     check_plan(graph, devices, plan)
     label = _classes(graph)
     assert all(plan.stage_of[v] == plan.stage_of[label[v]] for v in range(graph.n))
+
+
+# ---------------------------------------------------------------- links priced per pair of devices
+
+
+@st.composite
+def linked_training_problems(draw):
+    """A training problem whose tensors have sizes, on devices with a default link and random [[pair]] links."""
+    from onnxsplit.devices import Link
+
+    graph, devices = draw(training_problems(max_forward=4, max_assignments=1500))
+    default = Link(draw(st.sampled_from([1e3, 1e4])), draw(st.sampled_from([0.0, 1e-3])))
+    tensors = []
+    for t in graph.tensors:
+        nbytes = draw(st.sampled_from([0, 1000, 5000, 20000]))
+        cost = 0.0 if draw(st.integers(0, 5)) == 0 else default.ms(nbytes)
+        tensors.append(Tensor(t.name, t.producer, t.consumers, nbytes=nbytes, cost=cost))
+    graph = CostGraph(names=graph.names, compute=graph.compute, memory=graph.memory, tensors=tuple(tensors),
+                      groups=graph.groups, backward=graph.backward)
+    ndev = devices.count
+    pairs = [((a, b), Link(draw(st.sampled_from([2e2, 1e3, 5e3, 1e5])), draw(st.sampled_from([0.0, 5e-4, 2e-3]))))
+             for a, b in itertools.combinations(range(ndev), 2) if draw(st.booleans())]
+    if not pairs and ndev >= 2:
+        pairs.append(((0, 1), Link(1e5, 0.0)))
+    return graph, Devices(devices.kinds, link=default, pairs=tuple(pairs))
+
+
+@hsettings(150)
+@given(linked_training_problems())
+def test_link_aware_placement_of_training_graphs_against_brute_force(problem) -> None:
+    """Every class on every device, scored with the per-pair prices: the plan is no better, the bound no higher."""
+    from onnxsplit.solve.links import solve_links
+
+    graph, devices = problem
+    best = brute_force(graph, devices)  # slots are devices, so this also searches every device map
+    if math.isinf(best):
+        with pytest.raises(InfeasibleError):
+            solve_links(graph, devices)
+        return
+    plan = solve_links(graph, devices)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert chain_kept(graph, plan)
+    tol = 1e-9 * max(1.0, best)
+    assert plan.value >= best - tol
+    assert plan.lower_bound <= best + tol
+    if plan.gap == 0:
+        assert plan.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_per_order_link_bound_follows_forward_precedence() -> None:
+    """A case where reading backward tensors as precedence put the per-order bound (8) above the optimum (7)."""
+    from onnxsplit.devices import Link
+    from onnxsplit.solve.links import order_bound, solve_links
+
+    graph = CostGraph(
+        names=("f0", "f1", "f2", "b3", "b4", "b5", "b6"),
+        compute={"acc": (0.0, 2.0, 1.0, 2.0, 2.0, 1.0, 0.0), "cpu": (10.0, 10.0, 10.0, 10.0, 10.0, 0.0, 10.0)},
+        memory=(0.0, 1.0, 0.0, 0.0, 2.0, 2.0, 0.0),
+        tensors=(Tensor("t0", 0, (2, 5, 6)), Tensor("t1", 1, (2, 4), nbytes=20000, cost=2000.0),
+                 Tensor("t2", 2, (3,)), Tensor("t3", 3, (4, 5, 6))),
+        groups=((0, 2, 3, 6), (1, 4)),
+        backward=(False, False, False, True, True, True, True),
+    )
+    devices = Devices((DeviceKind("acc", 3, memory=5.0), DeviceKind("cpu", 1)), link=Link(1e4, 0.0),
+                      pairs=(((0, 1), Link(1e5, 2e-3)), ((0, 2), Link(1e5, 0.0)), ((0, 3), Link(1e5, 2e-3)),
+                             ((1, 2), Link(5e3, 5e-4)), ((1, 3), Link(1e3, 2e-3))))
+    assert brute_force(graph, devices) == pytest.approx(7.0)
+    found = order_bound(graph, devices, upper_bound=math.inf)
+    assert found is not None and found.bound <= 7.0 + 1e-9
+    plan = solve_links(graph, devices)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert plan.value == pytest.approx(7.0) and plan.lower_bound <= 7.0 + 1e-9
