@@ -585,3 +585,25 @@ def test_per_order_link_bound_follows_forward_precedence() -> None:
     plan = solve_links(graph, devices)
     check_plan(graph, devices, plan, contiguous=True)
     assert plan.value == pytest.approx(7.0) and plan.lower_bound <= 7.0 + 1e-9
+
+
+# ---------------------------------------------------------------- latency
+
+
+def test_latency_on_a_training_graph() -> None:
+    """Every tensor, forward or backward, is a data dependency of one training step: the latency model keeps them all."""
+    from onnxsplit.solve.latency import latency_of
+
+    graph, devices = load_paper(REFERENCE / "layer_bert24_training.json")
+    plan = solve(graph, devices, objective="latency", time_limit=3)
+    check_plan(graph, devices, plan)
+    assert plan.objective == "latency"
+    assert plan.value == pytest.approx(latency_of(graph, devices, plan), rel=1e-9)
+    # The bound holds for any placement: below the latency of other valid plans too (one device; the
+    # throughput optimum, whose backward tensors run from later stages to earlier ones).
+    assert 0 < plan.lower_bound <= plan.value * (1 + 1e-9)
+    one_device = make_plan(graph, devices, [0] * graph.n, [0], solver="user")
+    for other in (one_device, solve_dp(graph, devices)):
+        check_plan(graph, devices, other)
+        assert plan.lower_bound <= latency_of(graph, devices, other) * (1 + 1e-9)
+    assert plan.value <= latency_of(graph, devices, one_device) * (1 + 1e-9)
