@@ -1,8 +1,9 @@
 """Greedy and expert baselines.
 
 Greedy fills devices along topological orders of the units (see
-:mod:`onnxsplit.solve.units`); expert scores a hand-made split in the
-paper's format.
+:mod:`onnxsplit.solve.units`; for a training graph the units and their
+forward precedence of :mod:`onnxsplit.solve.training`); expert scores a
+hand-made split in the paper's format.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, PlanError
 from onnxsplit.solve.plan import Plan, Solver, make_plan, max_load, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.training import training_units
 from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,18 @@ def _alap_order(units: Units) -> list[int]:
 
 
 def _cut_costs(units: Units, order: Sequence[int]) -> list[float]:
-    """cut[i]: transfer time of links crossing between order[:i+1] and the rest."""
+    """cut[i]: transfer time of links crossing between order[:i+1] and the rest.
+
+    A link crosses when it has ends on both sides; its producer need not come
+    first (a training graph's backward tensors run against the order).
+    """
     pos = [0] * units.count
     for i, u in enumerate(order):
         pos[u] = i
     diff = [0.0] * (units.count + 1)
     for link in units.links:
-        first, last = pos[link.producer], max(pos[c] for c in link.consumers)
+        ends = [pos[link.producer], *(pos[c] for c in link.consumers)]
+        first, last = min(ends), max(ends)
         if last > first:
             diff[first] += link.cost
             diff[last] -= link.cost
@@ -134,9 +141,10 @@ def solve_greedy(
     within each ``window`` of that share. Units are walked in two topological
     orders (as soon and as late as possible) and every order of the device
     kinds is tried; the plan with the smallest max load is kept. The result
-    is contiguous.
+    is contiguous (for a training graph: in the forward precedence, with each
+    backward node beside its colour class, stages in the order they were filled).
     """
-    units = units_of(graph, merge_cycles=True)
+    units = training_units(graph) if graph.training else units_of(graph, merge_cycles=True)
     kinds = devices.expanded()
     if units.count == 0:
         return make_plan(graph, devices, [], [], solver=Solver.GREEDY)
@@ -160,9 +168,14 @@ def solve_greedy(
                 node_dev = [dev_of[units.unit_of[v]] for v in range(graph.n)]
                 value = max_load(graph, devices, node_dev, list(range(len(kinds))))
                 if best is None or value < best[0]:
-                    best = (value, node_dev)
+                    best = (value, node_dev, device_order)
     if best is None:
         raise InfeasibleError("greedy placement found no device order that fits memory and supported kinds")
+    if graph.training:
+        # Stages in the order the devices were filled: that order also keeps the mirrored backward
+        # edges of orphaned classes, which the device graph of forward tensors does not see.
+        pos = {d: i for i, d in enumerate(best[2])}
+        return make_plan(graph, devices, [pos[d] for d in best[1]], list(best[2]), solver=Solver.GREEDY)
     return plan_from_devices(graph, devices, best[1], solver=Solver.GREEDY)
 
 

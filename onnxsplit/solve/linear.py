@@ -4,6 +4,13 @@ Exact over splits that cut the node order into consecutive ranges, which is
 a subset of the contiguous splits the ideal DP searches; a fast baseline and
 a fallback for graphs too large for the ideal lattice. Stage k runs on
 device k of ``devices.expanded()``.
+
+A training graph is cut along the units of :mod:`onnxsplit.solve.training`
+(colour classes, forward and backward members together) in their order, a
+topological order of the forward precedence: every range is then a
+difference of two ideals of the forward graph, each backward node rides with
+its class, and a tensor is paid by a range that holds some but not all of its
+ends, as the plan scorer counts it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve.plan import Plan, Solver, make_plan, simple_lower_bound
+from onnxsplit.solve.training import training_units, unit_graph
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,33 @@ def _range_loads(g: _Arrays, i: int, compute_prefix: np.ndarray, kind: DeviceKin
 
 
 def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None = None) -> Plan:
-    """Min max-load split of the topological order into at most ``devices.count`` ranges."""
+    """Min max-load split of the topological order into at most ``devices.count`` ranges.
+
+    For a training graph the order is that of its units (see the module
+    docstring); the plan is contiguous in the forward precedence.
+    """
     if order is not None and list(order) != list(range(graph.n)):
         raise ValueError("the linear DP uses the graph's own node order")
+    if graph.training:
+        units = training_units(graph)
+        # Units are numbered in a topological order of the forward precedence and unit_graph writes
+        # every tensor from its first end in that order, so the range arithmetic below prices each
+        # one by membership, which is how backward tensors are paid.
+        unit_stage, k = _best_ranges(unit_graph(graph, units), devices, blocked_by_groups=False)
+        stage_of = [unit_stage[units.unit_of[v]] for v in range(graph.n)]
+    else:
+        stage_of, k = _best_ranges(graph, devices, blocked_by_groups=True)
+    return make_plan(graph, devices, stage_of, list(range(k)), solver=Solver.LINEAR,
+                     lower_bound=simple_lower_bound(graph, devices))
+
+
+def _best_ranges(graph: CostGraph, devices: Devices, *, blocked_by_groups: bool) -> tuple[list[int], int]:
+    """Node -> stage of the best split of ``range(graph.n)`` into consecutive ranges, and the stage count.
+
+    Before: node ids are a topological order of every tensor. With
+    ``blocked_by_groups`` no range boundary falls inside a co-location group's span.
+    Raises InfeasibleError when no split fits memory and supported kinds.
+    """
     n = graph.n
     kinds = devices.expanded()
     ndev = len(kinds)
@@ -86,8 +118,9 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
     best[:, 0] = 0.0
     # A cut inside a co-location group's span would split it.
     blocked = np.zeros(n + 1, dtype=bool)
-    for group in graph.groups:
-        blocked[min(group) + 1 : max(group) + 1] = True
+    if blocked_by_groups:
+        for group in graph.groups:
+            blocked[min(group) + 1 : max(group) + 1] = True
     for i in range(n):
         if blocked[i]:
             continue
@@ -116,5 +149,4 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
         for v in range(i, j):
             stage_of[v] = stage - 1
         j = i
-    return make_plan(graph, devices, stage_of, list(range(k)), solver=Solver.LINEAR,
-                     lower_bound=simple_lower_bound(graph, devices))
+    return stage_of, k

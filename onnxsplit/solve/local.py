@@ -2,7 +2,11 @@
 
 Like the paper's baseline it is non-contiguous and restarts from random
 assignments, but unlike it every move respects memory, the kinds a node can
-run on, and co-location groups (a group moves as one unit).
+run on, and co-location groups (a group moves as one unit). On a training
+graph the groups are the colour classes, so a backward node always moves with
+its forward twin; being non-contiguous, the search needs no precedence, and it
+prices every tensor the way the plan scorer does (sender once, each receiving
+device once, at its default-link price), whichever way it runs.
 
 A move is taken when it lowers (max load, sum of squared loads)
 lexicographically: the second term lets the search walk across plateaus

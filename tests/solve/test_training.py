@@ -420,3 +420,190 @@ def test_cli_on_a_training_graph(capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["value"] == pytest.approx(EXPECTED["graphs"][name]["dp_optimum"], rel=1e-6)
     assert doc["gap"] == 0 and doc["contiguous"]
+
+
+# ---------------------------------------------------------------- the baselines and auto's fallback
+
+
+def chain_kept(graph: CostGraph, plan) -> bool:
+    """Every precedence edge between training units (forward tensors, mirrored orphan edges) runs forward in stages."""
+    units = training_units(graph)
+    stage = [plan.stage_of[m[0]] for m in units.members]
+    return all(len({plan.stage_of[v] for v in m}) == 1 for m in units.members) and all(
+        stage[a] <= stage[b] for a, b in units.edges)
+
+
+@pytest.mark.parametrize("name", ["op_resnet50_training.json", "op_bert_l-3_training.json"])
+def test_baselines_on_operator_training_graphs(name: str) -> None:
+    """The contiguous baselines split the graph (no longer one device) and never beat the optimum."""
+    from onnxsplit.solve.greedy import solve_greedy
+    from onnxsplit.solve.linear import solve_linear
+    from onnxsplit.solve.local import solve_local
+
+    optimum = EXPECTED["graphs"][name]["dp_optimum"]
+    graph, devices = load_paper(REFERENCE / name)
+    plans = {}
+    for label, run in (("linear", solve_linear), ("greedy", solve_greedy)):
+        plan = run(graph, devices)
+        check_plan(graph, devices, plan, contiguous=True)
+        assert chain_kept(graph, plan), label
+        assert optimum * (1 - 1e-9) <= plan.value <= 1.5 * optimum, label
+        plans[label] = plan
+    local = solve_local(graph, devices, restarts=2, time_limit=3.0, start=plans["greedy"])
+    check_plan(graph, devices, local)
+    # Non-contiguous, so it may go below the contiguous optimum; never above its start.
+    assert local.value <= plans["greedy"].value * (1 + 1e-12)
+    assert local.lower_bound <= optimum * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["op_resnet50_training.json", "op_bert_l-3_training.json"])
+def test_auto_fallback_on_training_graphs(name: str, monkeypatch) -> None:
+    """When the DP cannot run, auto's heuristic and the integer program it warm-starts give valid plans."""
+    import onnxsplit.solve.dp as dp
+    from onnxsplit.solve.select import _heuristic
+
+    optimum = EXPECTED["graphs"][name]["dp_optimum"]
+    graph, devices = load_paper(REFERENCE / name)
+    heuristic = _heuristic(graph, devices)
+    check_plan(graph, devices, heuristic, contiguous=True)
+    assert chain_kept(graph, heuristic)
+    assert optimum * (1 - 1e-9) <= heuristic.value <= 1.5 * optimum
+
+    def too_large(*args, **kwargs):
+        raise dp.DPTooLarge("forced by the test")
+
+    monkeypatch.setattr(dp, "solve_dp", too_large)
+    plan = solve(graph, devices, solver="auto", time_limit=3)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert chain_kept(graph, plan)
+    assert any("forced by the test" in note for note in plan.notes)
+    assert optimum * (1 - 1e-9) <= plan.value <= heuristic.value * (1 + 1e-9)
+    assert plan.lower_bound <= optimum * (1 + 1e-9)
+
+
+@hsettings(120)
+@given(training_problems())
+def test_contiguous_baselines_against_brute_force(problem) -> None:
+    from onnxsplit.solve.greedy import solve_greedy
+    from onnxsplit.solve.linear import solve_linear
+
+    graph, devices = problem
+    best = brute_force(graph, devices)
+    for run in (solve_linear, solve_greedy):
+        try:
+            plan = run(graph, devices)
+        except InfeasibleError:
+            continue
+        check_plan(graph, devices, plan, contiguous=True)
+        assert chain_kept(graph, plan)
+        assert plan.value >= best * (1 - 1e-9) - 1e-9
+        assert plan.lower_bound <= best * (1 + 1e-9) + 1e-9
+
+
+@hsettings(60)
+@given(training_problems())
+def test_local_search_keeps_classes(problem) -> None:
+    from onnxsplit.solve.local import solve_local
+
+    graph, devices = problem
+    try:
+        plan = solve_local(graph, devices, restarts=2, time_limit=1.0)
+    except InfeasibleError:
+        return
+    check_plan(graph, devices, plan)
+    label = _classes(graph)
+    assert all(plan.stage_of[v] == plan.stage_of[label[v]] for v in range(graph.n))
+
+
+# ---------------------------------------------------------------- links priced per pair of devices
+
+
+@st.composite
+def linked_training_problems(draw):
+    """A training problem whose tensors have sizes, on devices with a default link and random [[pair]] links."""
+    from onnxsplit.devices import Link
+
+    graph, devices = draw(training_problems(max_forward=4, max_assignments=1500))
+    default = Link(draw(st.sampled_from([1e3, 1e4])), draw(st.sampled_from([0.0, 1e-3])))
+    tensors = []
+    for t in graph.tensors:
+        nbytes = draw(st.sampled_from([0, 1000, 5000, 20000]))
+        cost = 0.0 if draw(st.integers(0, 5)) == 0 else default.ms(nbytes)
+        tensors.append(Tensor(t.name, t.producer, t.consumers, nbytes=nbytes, cost=cost))
+    graph = CostGraph(names=graph.names, compute=graph.compute, memory=graph.memory, tensors=tuple(tensors),
+                      groups=graph.groups, backward=graph.backward)
+    ndev = devices.count
+    pairs = [((a, b), Link(draw(st.sampled_from([2e2, 1e3, 5e3, 1e5])), draw(st.sampled_from([0.0, 5e-4, 2e-3]))))
+             for a, b in itertools.combinations(range(ndev), 2) if draw(st.booleans())]
+    if not pairs and ndev >= 2:
+        pairs.append(((0, 1), Link(1e5, 0.0)))
+    return graph, Devices(devices.kinds, link=default, pairs=tuple(pairs))
+
+
+@hsettings(150)
+@given(linked_training_problems())
+def test_link_aware_placement_of_training_graphs_against_brute_force(problem) -> None:
+    """Every class on every device, scored with the per-pair prices: the plan is no better, the bound no higher."""
+    from onnxsplit.solve.links import solve_links
+
+    graph, devices = problem
+    best = brute_force(graph, devices)  # slots are devices, so this also searches every device map
+    if math.isinf(best):
+        with pytest.raises(InfeasibleError):
+            solve_links(graph, devices)
+        return
+    plan = solve_links(graph, devices)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert chain_kept(graph, plan)
+    tol = 1e-9 * max(1.0, best)
+    assert plan.value >= best - tol
+    assert plan.lower_bound <= best + tol
+    if plan.gap == 0:
+        assert plan.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_per_order_link_bound_follows_forward_precedence() -> None:
+    """A case where reading backward tensors as precedence put the per-order bound (8) above the optimum (7)."""
+    from onnxsplit.devices import Link
+    from onnxsplit.solve.links import order_bound, solve_links
+
+    graph = CostGraph(
+        names=("f0", "f1", "f2", "b3", "b4", "b5", "b6"),
+        compute={"acc": (0.0, 2.0, 1.0, 2.0, 2.0, 1.0, 0.0), "cpu": (10.0, 10.0, 10.0, 10.0, 10.0, 0.0, 10.0)},
+        memory=(0.0, 1.0, 0.0, 0.0, 2.0, 2.0, 0.0),
+        tensors=(Tensor("t0", 0, (2, 5, 6)), Tensor("t1", 1, (2, 4), nbytes=20000, cost=2000.0),
+                 Tensor("t2", 2, (3,)), Tensor("t3", 3, (4, 5, 6))),
+        groups=((0, 2, 3, 6), (1, 4)),
+        backward=(False, False, False, True, True, True, True),
+    )
+    devices = Devices((DeviceKind("acc", 3, memory=5.0), DeviceKind("cpu", 1)), link=Link(1e4, 0.0),
+                      pairs=(((0, 1), Link(1e5, 2e-3)), ((0, 2), Link(1e5, 0.0)), ((0, 3), Link(1e5, 2e-3)),
+                             ((1, 2), Link(5e3, 5e-4)), ((1, 3), Link(1e3, 2e-3))))
+    assert brute_force(graph, devices) == pytest.approx(7.0)
+    found = order_bound(graph, devices, upper_bound=math.inf)
+    assert found is not None and found.bound <= 7.0 + 1e-9
+    plan = solve_links(graph, devices)
+    check_plan(graph, devices, plan, contiguous=True)
+    assert plan.value == pytest.approx(7.0) and plan.lower_bound <= 7.0 + 1e-9
+
+
+# ---------------------------------------------------------------- latency
+
+
+def test_latency_on_a_training_graph() -> None:
+    """Every tensor, forward or backward, is a data dependency of one training step: the latency model keeps them all."""
+    from onnxsplit.solve.latency import latency_of
+
+    graph, devices = load_paper(REFERENCE / "layer_bert24_training.json")
+    plan = solve(graph, devices, objective="latency", time_limit=3)
+    check_plan(graph, devices, plan)
+    assert plan.objective == "latency"
+    assert plan.value == pytest.approx(latency_of(graph, devices, plan), rel=1e-9)
+    # The bound holds for any placement: below the latency of other valid plans too (one device; the
+    # throughput optimum, whose backward tensors run from later stages to earlier ones).
+    assert 0 < plan.lower_bound <= plan.value * (1 + 1e-9)
+    one_device = make_plan(graph, devices, [0] * graph.n, [0], solver="user")
+    for other in (one_device, solve_dp(graph, devices)):
+        check_plan(graph, devices, other)
+        assert plan.lower_bound <= latency_of(graph, devices, other) * (1 + 1e-9)
+    assert plan.value <= latency_of(graph, devices, one_device) * (1 + 1e-9)

@@ -25,6 +25,14 @@ ways, and never has to know about links:
    interchangeable devices) is a bound too; when it meets the best plan,
    the plan is optimal. It runs only where the ideals, pairs and orders are
    few enough; otherwise the bound of step 1 stands and ``notes`` say so.
+   On a training graph the ideals are those of the forward precedence and a
+   backward tensor is priced at its cheapest link to a position holding
+   another of its ends (see :mod:`.orders`).
+
+Steps 1 and 2 read no direction into tensors: step 1's argument holds for
+any tensor (each receiver and each sender pays at least the cheapest link),
+and the DP it runs is the training-aware one; step 2 scores fixed chains
+with the plan scorer's per-pair prices.
 
 The modules: :mod:`.pricing` (LinkTable, reprice), :mod:`.assign` (step 2's
 device maps), :mod:`.orders` (step 3's bound) and :mod:`.solver`

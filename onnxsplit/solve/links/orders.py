@@ -3,6 +3,15 @@
 For each order, a DP over ideals prices every hand-off at its cheapest link
 from an earlier position or to a later one; the least over all orders bounds
 every plan.
+
+A training graph's ideals are those of its forward precedence (units of
+:mod:`onnxsplit.solve.training`), and a tensor may run from a later stage
+to an earlier one, so its price is argued by membership instead: a stage
+holding some but not all of a tensor's ends pays at least the cheapest link
+to a position holding another end (a receiver pays its link from the
+producer, a sender the dearest link to its receivers, and each of those
+positions is earlier, later, or either). Links are symmetric
+(:meth:`Devices.pair_link`), so "from" and "to" pick the same links.
 """
 
 from __future__ import annotations
@@ -52,7 +61,9 @@ class _PairTable:
         co = coarsen(graph, devices, fold=False)
         cg = co.graph
         self.of = co.of
-        prob = Problem(cg, devices)
+        # A training graph's coarse tensors only carry cost: ideals follow its forward precedence.
+        membership = co.precedence is not None
+        prob = Problem(cg, devices, precedence=co.precedence)
         bits = enumerate_ideals(prob, max_ideals=max_ideals, deadline=deadline, time_limit=0.0, progress=None)
         member = unpack_bits(bits, cg.n)
         n_ideals = len(bits)
@@ -73,6 +84,8 @@ class _PairTable:
         p_in = member[:, prod] > 0 if len(keys) else np.zeros((n_ideals, 0), dtype=bool)
         k_in = np.stack([member[:, list(k[1])].sum(axis=1) for k in keys], axis=1) if keys else np.zeros((n_ideals, 0))
         fan = np.array([len(k[1]) for k in keys])
+        # Ends (producer and readers) of each tensor group inside each ideal, for membership pricing.
+        e_in = p_in + k_in if membership else None
         kinds = [k for k in devices.kinds if k.count > 0]
         self.kinds = kinds
         comp = {k.name: member @ np.where(np.isinf(cg.compute[k.name]), 0.0, cg.compute[k.name]) for k in kinds}
@@ -94,7 +107,7 @@ class _PairTable:
             if f:
                 columns[:, i] = self.price[:, sorted(f)].min(axis=1)
         order = np.argsort(size, kind="stable")
-        inner_l, outer_l, recv_l, send_l = [], [], [], []
+        inner_l, outer_l, recv_l, send_l, both_l = [], [], [], [], []
         comp_l: dict[str, list[np.ndarray]] = {k.name: [] for k in kinds}
         cells = 0
         for i in order:
@@ -112,9 +125,20 @@ class _PairTable:
                 c = np.where(bad, math.inf, c)
                 per_kind[k.name] = c
                 best = np.minimum(best, c)
-            recv = p_in[sub] & (k_in[i][None, :] > k_in[sub])
-            send = p_in[i][None, :] & ~p_in[sub] & (k_in[i] < fan)[None, :]
-            cheap_load = best + recv @ cheap + send @ cheap
+            if e_in is None:
+                recv = p_in[sub] & (k_in[i][None, :] > k_in[sub])
+                send = p_in[i][None, :] & ~p_in[sub] & (k_in[i] < fan)[None, :]
+                both = None
+                cheap_load = best + recv @ cheap + send @ cheap
+            else:
+                # The stage I \ J holds an end; another end lies earlier (in J) and/or later (outside I).
+                held = e_in[i][None, :] > e_in[sub]
+                earlier = e_in[sub] > 0
+                later = (e_in[i] < fan + 1)[None, :]
+                recv = held & earlier & ~later
+                send = held & later & ~earlier
+                both = held & earlier & later
+                cheap_load = best + (recv | send | both) @ cheap
             keep = cheap_load <= upper * (1 + REL_SLACK) + 1e-12
             if not keep.any():
                 continue
@@ -125,17 +149,23 @@ class _PairTable:
             outer_l.append(np.full(int(keep.sum()), i))
             recv_l.append(recv[keep] @ columns)
             send_l.append(send[keep] @ columns)
+            if both is not None:
+                both_l.append(both[keep] @ columns)
             for k in kinds:
                 comp_l[k.name].append(per_kind[k.name][keep])
         self.inner = np.concatenate(inner_l) if inner_l else np.zeros(0, np.int64)
         self.outer = np.concatenate(outer_l) if outer_l else np.zeros(0, np.int64)
         self.recv = np.concatenate(recv_l) if recv_l else np.zeros((0, len(self.sets)))
         self.send = np.concatenate(send_l) if send_l else np.zeros((0, len(self.sets)))
+        # Training graphs: per pair, tensors with ends both earlier and later, priced over all their links.
+        self.both = (np.concatenate(both_l) if both_l else np.zeros((0, len(self.sets)))) if membership else None
         self.comp = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in comp_l.items()}
         # Pairs grouped by their outer ideal, for one segmented minimum per layer.
         by_outer = np.argsort(self.outer, kind="stable")
         self.inner, self.outer = self.inner[by_outer], self.outer[by_outer]
         self.recv, self.send = self.recv[by_outer], self.send[by_outer]
+        if self.both is not None:
+            self.both = self.both[by_outer]
         self.comp = {name: v[by_outer] for name, v in self.comp.items()}
         self.heads, self.starts = np.unique(self.outer, return_index=True)
         self._loads: dict[tuple[str, frozenset[int], frozenset[int]], np.ndarray] = {}
@@ -147,6 +177,9 @@ class _PairTable:
         A tensor received there costs at least its cheapest link from an earlier
         device, and one sent at least its cheapest to a later device; only the
         set of those links matters, so loads are cached by (kind, link sets).
+        In a training graph ``recv`` holds the tensors with other ends only
+        earlier, ``send`` those only later, and ``both`` the rest, priced at
+        the cheapest link to either side.
         """
         kind = devices.expanded()[device]
         talks = kind.communicates and len(self.price) > 0
@@ -160,6 +193,8 @@ class _PairTable:
                 cached += self.recv[:, self.sets[into]]
             if out:
                 cached += self.send[:, self.sets[out]]
+            if self.both is not None and (into or out):
+                cached += self.both[:, self.sets[into | out]]
             self._loads[key] = cached
         return cached
 
