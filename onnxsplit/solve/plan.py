@@ -244,9 +244,22 @@ def make_plan(
 def stage_order_violations(graph: CostGraph, stage_of) -> list[tuple[int, int]]:
     """Edges (u, v) whose tensor would flow from a later stage to an earlier one.
 
-    In a training graph only forward edges count: backward tensors flow back by design.
+    In a training graph only the forward precedence counts (backward tensors flow back by design),
+    read between training units: forward edges, and the mirror images of the backward edges of
+    classes without a forward node (:mod:`onnxsplit.solve.training`), which bind those classes
+    exactly as the contiguous solvers do. A pair is reported as (the latest-staged member of the
+    earlier unit, the earliest-staged member of the later one).
     """
-    return [(u, v) for u, v in graph.precedence_edges() if stage_of[u] > stage_of[v]]
+    if not graph.training:
+        return [(u, v) for u, v in graph.precedence_edges() if stage_of[u] > stage_of[v]]
+    from onnxsplit.solve.training import training_units
+
+    units = training_units(graph)
+    latest = [max(m, key=lambda v: stage_of[v]) for m in units.members]
+    earliest = [min(m, key=lambda v: stage_of[v]) for m in units.members]
+    # Classes fused on a precedence cycle must share a stage, like one class.
+    split = [(latest[u], earliest[u]) for u in range(units.count) if stage_of[latest[u]] != stage_of[earliest[u]]]
+    return split + [(latest[a], earliest[b]) for a, b in units.edges if stage_of[latest[a]] > stage_of[earliest[b]]]
 
 
 def is_ideal_chain(graph: CostGraph, stage_of) -> bool:
@@ -359,6 +372,9 @@ def plan_from_devices(
     order, forward = device_graph_order(graph, device_of)
     pos = {d: i for i, d in enumerate(order)}
     stage_of = [pos[device_of[v]] for v in range(graph.n)]
+    if forward and graph.training:
+        # The device graph sees forward edges only; training units also bind orphaned classes.
+        forward = not stage_order_violations(graph, stage_of)
     return make_plan(
         graph, devices, stage_of, order, solver=solver, lower_bound=lower_bound, contiguous=forward, notes=notes
     )

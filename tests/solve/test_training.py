@@ -607,3 +607,21 @@ def test_latency_on_a_training_graph() -> None:
         check_plan(graph, devices, other)
         assert plan.lower_bound <= latency_of(graph, devices, other) * (1 + 1e-9)
     assert plan.value <= latency_of(graph, devices, one_device) * (1 + 1e-9)
+
+
+
+def test_plan_checker_binds_orphaned_backward_nodes():
+    """check_plan's contiguity for a training graph is the solvers': an orphaned backward node sits
+    between the forward nodes its backward edges mirror, even though no forward edge says so."""
+    # f0 -> f1 forward; f1 -> g1 -> o -> g0 backward; g1, g0 ride with f1, f0; o has no forward twin.
+    tensors = (Tensor("a", 0, (1,), cost=1.0), Tensor("b", 1, (2,), cost=1.0), Tensor("c", 2, (3,), cost=1.0),
+               Tensor("d", 3, (4,), cost=1.0))
+    graph = CostGraph(names=("f0", "f1", "g1", "o", "g0"), compute={"acc": (1.0,) * 5}, memory=(0.0,) * 5,
+                      tensors=tensors, groups=((1, 2), (0, 4)), backward=(False, False, True, True, True))
+    devices = Devices((DeviceKind("acc", 3),))
+    inside = make_plan(graph, devices, (0, 1, 1, 0, 0), (0, 1), solver="user")
+    check_plan(graph, devices, inside, contiguous=True)
+    after = make_plan(graph, devices, (0, 1, 1, 2, 0), (0, 1, 2), solver="user")
+    assert [(graph.names[u], graph.names[v]) for u, v in stage_order_violations(graph, after.stage_of)] == [("o", "f1")]
+    with pytest.raises(PlanError, match="not contiguous"):
+        check_plan(graph, devices, after, contiguous=True)
