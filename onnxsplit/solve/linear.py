@@ -16,7 +16,7 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve.plan import Plan, Solver, make_plan, simple_lower_bound
+from onnxsplit.solve.plan import SIMPLE_BOUND_NOTE, Plan, Solver, make_plan, simple_lower_bound
 
 
 @dataclass(frozen=True)
@@ -117,4 +117,4 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
             stage_of[v] = stage - 1
         j = i
     return make_plan(graph, devices, stage_of, list(range(k)), solver=Solver.LINEAR,
-                     lower_bound=simple_lower_bound(graph, devices))
+                     lower_bound=simple_lower_bound(graph, devices), notes=(SIMPLE_BOUND_NOTE,))

@@ -73,7 +73,9 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
         reason = str(exc)
     relaxed = _relaxed_dp(graph, devices, time_limit=max(1.0, time_limit - (time.perf_counter() - start)))
     if relaxed is not None:
-        return _with_note(relaxed, f"exact DP too large ({reason}); solved with light nodes relaxed")
+        return _with_note(relaxed, f"exact DP too large ({reason}); solved with light nodes relaxed; "
+                                   "lower bound: the exact DP with light nodes made free (no compute, memory or "
+                                   "hand-off cost), a relaxation, or the simple bound where larger")
     log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
     best = _heuristic(graph, devices)
     best = _with_note(best, f"DP fallback: {reason}")

@@ -48,7 +48,8 @@ def _run(argv: list[str]) -> tuple[int, set[str]]:
 
 def _reference_graphs() -> list[str]:
     """Every cost graph of the reference folder (expert split files are not graphs)."""
-    return sorted(p.name for p in REFERENCE.glob("*.json") if not p.name.startswith("expert_") and p.name != "expected.json")
+    return sorted(p.name for p in REFERENCE.glob("*.json")
+                  if not p.name.startswith("expert_") and p.name != "expected.json")
 
 
 def test_help_imports_nothing_heavy():
