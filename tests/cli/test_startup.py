@@ -46,10 +46,12 @@ def _run(argv: list[str]) -> tuple[int, set[str]]:
     return code, {m.split(".")[0] for m in modules}
 
 
-def _reference_graphs() -> list[str]:
-    """Every cost graph of the reference folder (expert split files are not graphs)."""
-    return sorted(p.name for p in REFERENCE.glob("*.json")
-                  if not p.name.startswith("expert_") and p.name != "expected.json")
+def _reference_graphs() -> list:
+    """Every cost graph of the reference folder (expert split files are not graphs); training graphs, whose DP
+    takes seconds, marked slow."""
+    names = sorted(p.name for p in REFERENCE.glob("*.json")
+                   if not p.name.startswith("expert_") and p.name != "expected.json")
+    return [pytest.param(name, marks=[pytest.mark.slow] if "_training" in name else []) for name in names]
 
 
 def test_help_imports_nothing_heavy():
