@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Mapping
 
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
 
 def _temp_beside(path: Path) -> tuple[Path, int]:
     """A new, empty file next to ``path`` with a name no other writer uses, and its descriptor."""
+    import secrets  # here, not at the top: `onnxsplit solve` imports this module but writes nothing
+
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:

@@ -327,8 +327,27 @@ def console(*, stderr: bool = False):
     return Console(stderr=stderr, width=max(probe.width, 120))
 
 
+def _spinner_shows() -> bool:
+    """Whether rich would draw a spinner on stderr (its own test: TTY_COMPATIBLE, FORCE_COLOR, a tty, a notebook)."""
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if "FORCE_COLOR" in os.environ or "IPython" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
 def status(message: str):
-    """A spinner on stderr while a long step runs (drawn only on a terminal)."""
+    """A spinner on stderr while a long step runs (drawn only on a terminal).
+
+    Where rich would draw nothing (stderr a pipe or a file), it is not even
+    imported: a scripted ``onnxsplit solve --json`` then starts without rich.
+    """
+    if not _spinner_shows():
+        return contextlib.nullcontext()
     from rich.console import Console
 
     return Console(stderr=True).status(message)

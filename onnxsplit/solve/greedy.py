@@ -18,7 +18,9 @@ from typing import Sequence
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, PlanError
-from onnxsplit.solve.plan import Plan, Solver, make_plan, max_load, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.plan import (
+    SIMPLE_BOUND_NOTE, Plan, Solver, make_plan, max_load, plan_from_devices, simple_lower_bound,
+)
 from onnxsplit.solve.training import training_units
 from onnxsplit.solve.units import Units, units_of
 
@@ -199,4 +201,5 @@ def evaluate_expert(graph: CostGraph, devices: Devices, split_path: str | Path) 
             raise PlanError(f"{split_path}: slot {slot} needs a {kind!r} device, and there are no more of them")
         slot_device.append(free[kind].pop(0))
     device_of = [slot_device[slot_of[v]] for v in range(graph.n)]
-    return plan_from_devices(graph, devices, device_of, solver=Solver.EXPERT, lower_bound=simple_lower_bound(graph, devices))
+    return plan_from_devices(graph, devices, device_of, solver=Solver.EXPERT, lower_bound=simple_lower_bound(graph, devices),
+                             notes=(SIMPLE_BOUND_NOTE,))

@@ -423,7 +423,11 @@ def solve_ip(
             start = [(x[u][d], float(unit_dev[u] == d)) for u in range(units.count) for d in range(len(expanded))]
     log.info("%s: %d units, %d variables, %d constraints", label, units.count, model.num_cols, model.num_rows)
     outcome = run_model(model, time_limit=time_limit, start=start)
-    notes = (f"{outcome.status.name.lower()} in {outcome.seconds:.1f} s",)
+    searched = ("ideal-chain integer program (contiguous plans)" if contiguous
+                else "per-device integer program (any plan)")
+    notes = (f"{outcome.status.name.lower()} in {outcome.seconds:.1f} s",
+             f"lower bound: {solver_name.upper()}'s proven bound on the {searched}, never below the kind bound "
+             "(each kind's compute spread evenly over its devices)")
     plan: Plan | None = None
     if model.num_solutions:
         if contiguous:

@@ -23,7 +23,7 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError
-from onnxsplit.solve.plan import Plan, Solver, make_plan, simple_lower_bound
+from onnxsplit.solve.plan import SIMPLE_BOUND_NOTE, Plan, Solver, make_plan, simple_lower_bound
 from onnxsplit.solve.training import training_units, unit_graph
 
 
@@ -97,7 +97,7 @@ def solve_linear(graph: CostGraph, devices: Devices, *, order: list[int] | None 
     else:
         stage_of, k = _best_ranges(graph, devices, blocked_by_groups=True)
     return make_plan(graph, devices, stage_of, list(range(k)), solver=Solver.LINEAR,
-                     lower_bound=simple_lower_bound(graph, devices))
+                     lower_bound=simple_lower_bound(graph, devices), notes=(SIMPLE_BOUND_NOTE,))
 
 
 def _best_ranges(graph: CostGraph, devices: Devices, *, blocked_by_groups: bool) -> tuple[list[int], int]:

@@ -25,7 +25,9 @@ from onnxsplit.costgraph import CostGraph
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve.greedy import solve_greedy
-from onnxsplit.solve.plan import Plan, Solver, fits_devices, plan_from_devices, simple_lower_bound
+from onnxsplit.solve.plan import (
+    SIMPLE_BOUND_NOTE, Plan, Solver, fits_devices, plan_from_devices, simple_lower_bound,
+)
 from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
@@ -237,7 +239,8 @@ def solve_local(
         raise InfeasibleError("local search found no assignment that fits the devices' memory and supported operators")
     node_dev = [best[1][prob.units.unit_of[v]] for v in range(graph.n)]
     plan = plan_from_devices(
-        graph, devices, node_dev, solver=Solver.LOCAL, lower_bound=simple_lower_bound(graph, devices)
+        graph, devices, node_dev, solver=Solver.LOCAL, lower_bound=simple_lower_bound(graph, devices),
+        notes=(SIMPLE_BOUND_NOTE,),
     )
     if start is not None:
         # Incremental loads drift by float noise; never return worse than the start.
@@ -247,6 +250,7 @@ def solve_local(
             [start.stage_device[start.stage_of[v]] for v in range(graph.n)],
             solver=Solver.LOCAL,
             lower_bound=plan.lower_bound,
+            notes=plan.notes,
         )
         if base.value < plan.value:
             plan = base

@@ -326,6 +326,11 @@ def simple_lower_bound(graph: CostGraph, devices: Devices) -> float:
     return max(math.fsum(best) / devices.count, max(best))
 
 
+# The note a plan carries when its lower bound is simple_lower_bound's.
+SIMPLE_BOUND_NOTE = ("lower bound: all compute at its fastest spread evenly over every device, or the largest node "
+                     "(a relaxation that ignores communication, memory and contiguity)")
+
+
 def device_graph_order(graph: CostGraph, device_of: Sequence[int]) -> tuple[list[int], bool]:
     """Used devices in a pipeline order, and whether tensors only flow forward.
 

@@ -104,7 +104,9 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
         return _proven(best, bound, f"exact DP too large ({reason}); this plan meets a proven lower bound")
     if relaxed is not None:
         how = "solved with light nodes relaxed" if best is relaxed else "the DP's first plan beat the relaxed DP's"
-        return _proven(best, bound, f"exact DP too large ({reason}); {how}")
+        return _proven(best, bound, f"exact DP too large ({reason}); {how}; lower bound: the best of the"
+                                    " bounded ideal search, the simple and min-cut bounds, and the exact DP with"
+                                    " light nodes made free (no compute, memory or hand-off cost), a relaxation")
     log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
     heuristic = _heuristic(graph, devices)
     best = heuristic if best is None or heuristic.value < best.value else best
