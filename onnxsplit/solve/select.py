@@ -90,7 +90,7 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
 
 # Above this many nodes that are not light, the full relaxed lattice is not enumerated: light nodes fold
 # away in the relaxation, so this is about the size of the relaxed coarse graph.
-RELAXED_LATTICE_NODES = 10_000
+RELAXED_LATTICE_NODES = 2_000
 
 
 def _relaxed_dp(graph: CostGraph, devices: Devices, *, time_limit: float) -> Plan | None:
