@@ -21,9 +21,10 @@ import numpy as np
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.dag import UnionFind
 from onnxsplit.devices import DeviceKind, Devices
+from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.plan import Plan, Solver, make_plan
-from onnxsplit.solve.window import stage_cores
+from onnxsplit.solve.window import ancestor_descendant_compute, cores_within
 
 # A tensor this small is a shape, an index or a scalar, not an activation.
 LIGHT_BYTES = 256
@@ -93,33 +94,58 @@ def prefix_plan(graph: CostGraph, devices: Devices, kind: DeviceKind) -> Plan:
     return make_plan(graph, devices, tuple(int(s) for s in stage), tuple(range(kind.count)), solver=Solver.LINEAR)
 
 
+# Trial bounds for solve_cored, as relative excess over the average load: a low trial has big cores
+# and a small lattice, and either proves the optimum or shows it is higher.
+TRIALS = (0.001, 0.005, 0.02, 0.1)
+
+
 def solve_cored(graph: CostGraph, devices: Devices, *, bound: float = math.inf, time_limit: float = 60.0) -> Plan:
-    """The exact contiguous optimum of ``graph`` when it is at most ``bound``, found over the stage cores.
+    """The exact contiguous optimum of ``graph`` when it is at most ``bound``, found over stage cores.
 
     Before: one device kind has devices (:func:`one_kind`). ``bound``, when
     given, is the value of some contiguous plan of ``graph`` that fits the
     devices' memory; the coarse graph's :func:`prefix_plan` lowers it when
     it can. If no plan within the bound fits memory, the result is only
     some plan within it (or DPBoundTooLow).
-    Coarsening first (it keeps the optimum) makes the closure small; then
-    every contiguous plan with max load at most ``bound`` keeps each stage
-    core on one device (:mod:`onnxsplit.solve.window`), so the DP over the
-    graph with the cores as co-location groups misses none of them.
+
+    Coarsening first (it keeps the optimum) makes the closure small. For a
+    trial bound T, every contiguous plan with max load at most T keeps each
+    stage core on one device (:mod:`onnxsplit.solve.window`), so the DP
+    over the graph with the cores as co-location groups finds the optimum
+    if it is at most T, and finds no plan within T otherwise. Trials run
+    from just above the average load (big cores, small lattices) up to the
+    bound; the first that finds a plan has found the optimum.
     Raises what :func:`~onnxsplit.solve.dp.solve_dp` raises (DPTooLarge,
     InfeasibleError, DPBoundTooLow when no plan is within ``bound``).
     """
-    from onnxsplit.solve.dp import solve_dp
+    import time
+
+    from onnxsplit.solve.dp import DPTooLarge, solve_dp
 
     kind = one_kind(devices)
     if kind is None:
         raise ValueError("stage cores need devices of one kind")
+    deadline = time.monotonic() + time_limit
     coarse = coarsen(graph, devices)
     cg = coarse.graph
-    bound = min(bound, prefix_plan(cg, devices, kind).value)
-    cores = stage_cores(cg, np.asarray(cg.compute[kind.name], dtype=np.float64), kind.count, bound)
-    grouped = replace(cg, groups=tuple(tuple(c) for c in cores if len(c) > 1))
-    plan = solve_dp(grouped, devices, time_limit=time_limit, upper_bound=bound)
-    free = cg.n - sum(len(c) for c in cores)
-    notes = plan.notes + (f"stage cores: {free} of {cg.n} coarse nodes free for plans within {bound:g}",)
-    return make_plan(graph, devices, coarse.expand(plan.stage_of), plan.stage_device, solver=Solver.DP,
-                     lower_bound=math.inf, notes=notes)
+    compute = np.asarray(cg.compute[kind.name], dtype=np.float64)
+    top = min(bound, prefix_plan(cg, devices, kind).value)
+    average = float(compute.sum()) / kind.count
+    trials = [average * (1 + x) for x in TRIALS if average * (1 + x) < top] + [top]
+    anc, desc = ancestor_descendant_compute(cg, compute)
+    for trial in trials:
+        cores = cores_within(anc, desc, kind.count, trial)
+        grouped = replace(cg, groups=tuple(tuple(c) for c in cores if len(c) > 1))
+        try:
+            plan = solve_dp(grouped, devices, time_limit=max(1.0, deadline - time.monotonic()), upper_bound=trial)
+        except (InfeasibleError, DPTooLarge) as exc:
+            # Below the last trial: no plan within it (the cores cannot fit), or its lattice is too big
+            # while a higher trial's cores are... never smaller, so a too-big lattice ends the search.
+            if trial == top or isinstance(exc, DPTooLarge):
+                raise
+            continue
+        free = cg.n - sum(len(c) for c in cores)
+        notes = plan.notes + (f"stage cores: {free} of {cg.n} coarse nodes free for plans within {trial:g}",)
+        return make_plan(graph, devices, coarse.expand(plan.stage_of), plan.stage_device, solver=Solver.DP,
+                         lower_bound=math.inf, notes=notes)
+    raise AssertionError("the last trial either returns or raises")  # pragma: no cover

@@ -75,20 +75,28 @@ def ancestor_descendant_compute(graph: CostGraph, compute: np.ndarray) -> tuple[
     return anc, desc
 
 
-def stage_cores(graph: CostGraph, compute: np.ndarray, count: int, bound: float) -> list[list[int]]:
-    """The cores of stages 1..count (as 0-based lists) for plans on ``count`` identical devices with max load <= ``bound``.
+def cores_within(anc: np.ndarray, desc: np.ndarray, count: int, bound: float) -> list[list[int]]:
+    """The cores of stages 1..count (as 0-based lists) from :func:`ancestor_descendant_compute`'s sums.
 
-    ``compute``: every node's time on the devices' kind (finite). Every
-    contiguous plan whose max load is at most ``bound`` puts each core on
-    one device (see the module docstring); nodes in no core are free.
+    Every contiguous plan on ``count`` identical devices whose max load is
+    at most ``bound`` puts each core on one device (see the module
+    docstring); nodes in no core are free.
     """
     if count < 1 or not math.isfinite(bound):
         return []
-    anc, desc = ancestor_descendant_compute(graph, compute)
-    slack = _SLACK * max(1.0, float(compute.sum()), bound * count)
+    n = len(anc)
+    slack = _SLACK * max(1.0, float(anc.max(initial=0.0)), bound * count)
     cores = []
     for p in range(1, count + 1):
-        after_previous = anc > (p - 1) * bound + slack if p > 1 else np.ones(graph.n, dtype=bool)
-        inside = desc > (count - p) * bound + slack if p < count else np.ones(graph.n, dtype=bool)
+        after_previous = anc > (p - 1) * bound + slack if p > 1 else np.ones(n, dtype=bool)
+        inside = desc > (count - p) * bound + slack if p < count else np.ones(n, dtype=bool)
         cores.append([int(v) for v in np.flatnonzero(after_previous & inside)])
     return cores
+
+
+def stage_cores(graph: CostGraph, compute: np.ndarray, count: int, bound: float) -> list[list[int]]:
+    """:func:`cores_within` for ``graph``; ``compute``: every node's time on the devices' kind (finite)."""
+    if count < 1 or not math.isfinite(bound):
+        return []
+    anc, desc = ancestor_descendant_compute(graph, compute)
+    return cores_within(anc, desc, count, bound)
