@@ -337,7 +337,7 @@ SPLIT_PHASES = [
 SOLVE_PHASES = [
     ("onnxsplit.solve.dp", "coarsen", "coarsen"),
     ("onnxsplit.solve.relax", "coarsen", "coarsen"),
-    ("onnxsplit.solve.relax", "stage_cores", "cores"),
+    ("onnxsplit.solve.relax", "ancestor_descendant_compute", "cores"),
 ]
 
 SCALE_COLUMNS = [
