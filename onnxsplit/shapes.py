@@ -30,7 +30,7 @@ class TensorType:
         return math.prod(self.shape) * _itemsize(self.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _itemsize(dtype: int) -> int:
     return onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
 

@@ -50,7 +50,7 @@ def chains(graph: CostGraph, count: int):
     every = ideals(graph)
     for middle in itertools.product(every, repeat=count - 1):
         bounds = [frozenset(), *middle, frozenset(range(graph.n))]
-        if all(a <= b for a, b in zip(bounds, bounds[1:])):
+        if all(a <= b for a, b in itertools.pairwise(bounds)):
             position = [0] * graph.n
             for p in range(1, count + 1):
                 for v in bounds[p] - bounds[p - 1]:
