@@ -4,7 +4,7 @@ Run from the repository root:
 
     python benchmarks/solver_bench.py [--repeats 5] [--graphs gnmt bert] [--json out.json]
         [--ip-time-limit 60] [--no-ip] [--local-time-limit 10]
-    python benchmarks/solver_bench.py --scale [--layers 56] [--scale-costs measure]
+    python benchmarks/solver_bench.py --scale [--layers 56 160 535] [--scale-devices 8] [--scale-costs measure]
 
 Prints one row per reference graph: the exact DP (timed over ``--repeats``),
 the contiguous integer program and the non-contiguous one, both warm-started
@@ -12,10 +12,13 @@ from the DP plan and run once under ``--ip-time-limit`` (skip both with
 ``--no-ip``: they take minutes over all graphs), and the linear, greedy,
 local-search and expert baselines' values.
 
-``--scale`` instead splits a generated deep transformer (``--layers 56`` is
-about 10,500 nodes) end to end with ``onnxsplit.split`` on 4 devices,
-too big for the exact DP, and prints one row: nodes, the relaxed lattice's
-size, split seconds and the plan's value, bound and gap.
+``--scale`` instead splits generated deep transformers (``--layers 56 160
+535`` are about 10k, 30k and 100k nodes) end to end with ``onnxsplit.split``
+on 8 devices, each in a process of its own, and prints one row per model:
+seconds in every pass of the split (load, shape inference, shape values,
+probe run, graph info, onnxruntime check, costs, cost graph, the solver's
+coarsening, stage cores and DP, cut, write), the total, peak memory, and
+the plan's value, bound and gap.
  Each solver contributes a *measure*: a
 function that takes a :class:`Case` and returns a dict of values for the row,
 and a list of :class:`Column` entries saying how to show them. To add a
@@ -316,16 +319,36 @@ def print_table(rows: list[dict[str, Any]], columns: list[Column],
 
 # ----------------------------------------------------------------------------- --scale
 
+# The passes of onnxsplit.split, by the name splitting.py calls them under: (module, attribute, phase).
+# Each is wrapped with a timer for one run; the solver's coarsening and stage cores are timed inside it.
+SPLIT_PHASES = [
+    ("onnxsplit.splitting", "load_model", "load"),
+    ("onnxsplit.splitting", "concrete_types", "shapes"),
+    ("onnxsplit.splitting", "graph_info", "graph info"),
+    ("onnxsplit.splitting", "static_types", "shape values"),
+    ("onnxsplit.splitting", "probe_sizes", "probe run"),
+    ("onnxsplit.splitting", "check_runnable", "ort check"),
+    ("onnxsplit.splitting", "node_times", "node times"),
+    ("onnxsplit.splitting", "build_costgraph", "cost graph"),
+    ("onnxsplit.splitting", "solve", "solve"),
+    ("onnxsplit.splitting", "place_solved", "cut"),
+    ("onnxsplit.splitting", "write_split", "write"),
+]
+SOLVE_PHASES = [
+    ("onnxsplit.solve.dp", "coarsen", "coarsen"),
+    ("onnxsplit.solve.relax", "coarsen", "coarsen"),
+    ("onnxsplit.solve.relax", "ancestor_descendant_compute", "cores"),
+]
 
 SCALE_COLUMNS = [
     Column("model", "model", justify="left"),
     Column("nodes", "nodes"),
-    Column("light", "light"),
-    Column("coarse_nodes", "coarse (relaxed)"),
-    Column("ideals", "ideals (relaxed)"),
-    Column("relaxed_dp_s", "relaxed DP s", "{:.2f}"),
     Column("costs", "costs"),
+    *(Column(phase, f"{phase} s", "{:.1f}") for phase in
+      ("load", "shapes", "shape values", "probe run", "graph info", "ort check", "node times", "cost graph",
+       "coarsen", "cores", "DP", "cut", "write", "other")),
     Column("split_s", "split s", "{:.1f}"),
+    Column("peak_mb", "peak MB", "{:.0f}"),
     Column("solver", "solver", justify="left"),
     Column("stages", "stages"),
     Column("value", "objective", "{:.6g}"),
@@ -334,45 +357,85 @@ SCALE_COLUMNS = [
 ]
 
 
-def scale_row(layers: int, *, devices: int, input_shapes: dict[str, tuple[int, ...]], costs: str,
-              time_limit: float) -> tuple[dict[str, Any], list[str]]:
-    """Split a generated deep transformer end to end; (row, notes to print under the table)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import make_models
+def _timed_phases(times: dict[str, float]) -> list[tuple[Any, str, Any]]:
+    """Wrap every phase function with a timer adding into ``times``; returns what to restore."""
+    import importlib
 
-    from onnxsplit.solve.relax import light_nodes, relax
+    saved = []
+    for module_name, attr, phase in SPLIT_PHASES + SOLVE_PHASES:
+        module = importlib.import_module(module_name)
+        original = getattr(module, attr)
+
+        def wrapper(*args, _fn=original, _phase=phase, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                times[_phase] = times.get(_phase, 0.0) + time.perf_counter() - start
+
+        saved.append((module, attr, original))
+        setattr(module, attr, wrapper)
+    return saved
+
+
+def scale_split(model_path: Path, *, devices: int, input_shapes: dict[str, tuple[int, ...]], costs: str,
+                time_limit: float) -> tuple[dict[str, Any], list[str]]:
+    """One timed ``onnxsplit.split`` of a saved model, in this process: (row, notes to print under the table)."""
+    import resource
+
     from onnxsplit.splitting import split
 
-    row: dict[str, Any] = {"model": f"deep_transformer({layers})", "costs": costs}
+    times: dict[str, float] = {}
+    saved = _timed_phases(times)
+    row: dict[str, Any] = {"costs": costs}
     with tempfile.TemporaryDirectory(prefix="onnxsplit-scale-") as tmp:
-        path = Path(tmp) / "deep_transformer.onnx"
-        make_models.save(make_models.make_deep_transformer(layers), path)
         # A fresh profile cache: a profile left by an earlier run would hide the measuring time.
-        old_cache = os.environ.get("ONNXSPLIT_CACHE")
         os.environ["ONNXSPLIT_CACHE"] = str(Path(tmp) / "cache")
         try:
             start = time.perf_counter()
-            result = split(path, Path(tmp) / "out", devices=devices, input_shapes=input_shapes, costs=costs,
+            result = split(model_path, Path(tmp) / "out", devices=devices, input_shapes=input_shapes, costs=costs,
                            time_limit=time_limit)
             row["split_s"] = time.perf_counter() - start
         finally:
-            if old_cache is None:
-                os.environ.pop("ONNXSPLIT_CACHE", None)
-            else:
-                os.environ["ONNXSPLIT_CACHE"] = old_cache
+            for module, attr, original in saved:
+                setattr(module, attr, original)
+    row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    top = [phase for _, _, phase in SPLIT_PHASES]
+    row.update({phase: times.get(phase, 0.0) for phase in top})
+    inner = times.get("coarsen", 0.0) + times.get("cores", 0.0)
+    row.update(coarsen=times.get("coarsen", 0.0), cores=times.get("cores", 0.0),
+               DP=max(0.0, row.pop("solve") - inner))
+    row["other"] = max(0.0, row["split_s"] - sum(times.get(phase, 0.0) for phase in top))
     plan, graph = result.plan, result.graph
     row.update(nodes=graph.n, solver=plan.solver, stages=plan.num_stages, value=plan.value,
                lower_bound=plan.lower_bound, gap=plan.gap)
-    # The lattice the fallback solved: the split's own cost graph with the light nodes made free.
-    # Solved again here, outside the timed split, for its statistics.
-    light = light_nodes(graph)
-    row["light"] = len(light)
-    try:
-        _, stats = solve_dp_with_stats(relax(graph, light), result.devices)
-        row.update(coarse_nodes=stats.coarse_nodes, ideals=stats.ideals, relaxed_dp_s=stats.seconds)
-    except DPTooLarge as exc:
-        row["relaxed_dp_error"] = str(exc)
     notes = [f"plan note: {n}" for n in plan.notes] + [f"warning: {w}" for w in result.warnings]
+    return row, notes
+
+
+def scale_row(layers: int, *, devices: int, input_shapes: dict[str, tuple[int, ...]], costs: str,
+              time_limit: float) -> tuple[dict[str, Any], list[str]]:
+    """Generate a deep transformer and split it in a fresh process, so that its peak memory is its own."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_models
+
+    with tempfile.TemporaryDirectory(prefix="onnxsplit-scale-") as tmp:
+        path = Path(tmp) / "deep_transformer.onnx"
+        make_models.save(make_models.make_deep_transformer(layers), path)
+        out = Path(tmp) / "row.json"
+        shape = ",".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in input_shapes.items())
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--scale-one", str(path), "--scale-devices",
+               str(devices), "--scale-shape", shape, "--scale-costs", costs, "--scale-time-limit",
+               str(time_limit), "--json", str(out)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"model": f"deep_transformer({layers})", "costs": costs,
+                    "split_error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}, []
+        row, notes = json.loads(out.read_text())
+    row["model"] = f"deep_transformer({layers})"
     return row, notes
 
 
@@ -392,30 +455,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for each integer program run (contiguous and non-contiguous)")
     parser.add_argument("--no-ip", action="store_true", help="skip the integer programs (minutes over all graphs)")
     parser.add_argument("--local-time-limit", type=float, default=10.0, help="seconds for the local search")
-    scale = parser.add_argument_group("--scale: one end-to-end split of a generated deep transformer")
+    scale = parser.add_argument_group("--scale: end-to-end splits of generated deep transformers, timed per phase")
     scale.add_argument("--scale", action="store_true", help="run the scale table instead of the reference graphs")
-    scale.add_argument("--layers", type=int, default=56, help="transformer layers (56: about 10,500 nodes)")
-    scale.add_argument("--scale-devices", type=int, default=4)
+    scale.add_argument("--layers", type=int, nargs="+", default=[56, 160, 535],
+                       help="transformer layers, one row each (56, 160, 535: about 10k, 30k and 100k nodes)")
+    scale.add_argument("--scale-devices", type=int, default=8)
     scale.add_argument("--scale-shape", default="input_ids:4x64", help="NAME:DxD input shape")
-    scale.add_argument("--scale-costs", choices=("measure", "estimate"), default="measure",
-                       help="node costs: measured with onnxruntime (what `split` does) or estimated")
+    scale.add_argument("--scale-costs", choices=("measure", "estimate"), default="estimate",
+                       help="node costs: estimated, or measured with onnxruntime (what `split` does by default)")
     scale.add_argument("--scale-time-limit", type=float, default=60.0, help="the split's solver time limit")
+    scale.add_argument("--scale-one", type=Path, help=argparse.SUPPRESS)  # one row, in a child process
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    if args.scale_one is not None:
+        name, dims = _shape(args.scale_shape)
+        result = scale_split(args.scale_one, devices=args.scale_devices, input_shapes={name: dims},
+                             costs=args.scale_costs, time_limit=args.scale_time_limit)
+        args.json.write_text(json.dumps(result, default=str))
+        return 0
     if args.scale:
         name, dims = _shape(args.scale_shape)
-        row, notes = scale_row(args.layers, devices=args.scale_devices, input_shapes={name: dims},
-                               costs=args.scale_costs, time_limit=args.scale_time_limit)
-        print_table([row], SCALE_COLUMNS,
-                    title=f"onnxsplit split --devices {args.scale_devices} on a generated deep transformer")
-        for note in notes:
-            print(note)
-        for key, value in row.items():
-            if key.endswith("_error"):
-                print(f"{key}: {value}", file=sys.stderr)
+        rows = []
+        for layers in args.layers:
+            row, notes = scale_row(layers, devices=args.scale_devices, input_shapes={name: dims},
+                                   costs=args.scale_costs, time_limit=args.scale_time_limit)
+            rows.append(row)
+            for note in notes:
+                print(f"{row['model']}: {note}")
+            for key, value in row.items():
+                if key.endswith("_error"):
+                    print(f"{row['model']}: {key}: {value}", file=sys.stderr)
+        print_table(rows, SCALE_COLUMNS,
+                    title=f"onnxsplit.split at {args.scale_devices} devices on generated deep transformers "
+                          f"(seconds per phase; peak MB: the split's process, ru_maxrss)")
         if args.json:
-            args.json.write_text(json.dumps([row], indent=2, default=str))
+            args.json.write_text(json.dumps(rows, indent=2, default=str))
         return 0
 
     doc = json.loads((args.reference / "expected.json").read_text())

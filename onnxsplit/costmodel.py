@@ -175,7 +175,13 @@ def activation_peak(info: GraphInfo, types: dict[str, TensorType], nodes: tuple[
         for r in info.reads[v]:
             last_read[r] = step
     keep = set(outputs)
-    live = {name for name in inputs}
+    # A tensor is freed after the step of its last read, or of its arrival when nothing here reads it:
+    # freeing by step keeps this linear in the stage's size.
+    freed: dict[int, list[str]] = {}
+    live = set(inputs)
+    for name in live:
+        if name not in keep:
+            freed.setdefault(max(last_read.get(name, -1), 0), []).append(name)
     current = sum(size[n] for n in live)
     peak = current
     for step, v in enumerate(nodes):
@@ -183,9 +189,10 @@ def activation_peak(info: GraphInfo, types: dict[str, TensorType], nodes: tuple[
             if o not in live:
                 live.add(o)
                 current += size[o]
+                if o not in keep:
+                    freed.setdefault(max(last_read.get(o, -1), step), []).append(o)
         peak = max(peak, current)
-        for name in [n for n in live if n not in keep and last_read.get(n, -1) <= step]:
-            live.discard(name)
+        for name in freed.pop(step, ()):
             current -= size[name]
     return peak
 

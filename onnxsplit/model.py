@@ -290,8 +290,9 @@ def _toposort(graph: onnx.GraphProto, where: Path) -> None:
         for o in node.output:
             if o:
                 producer[o] = i
-    deps = [sorted({producer[r] for r in node_reads(node) if r in producer and producer[r] != i}) for i, node in enumerate(nodes)]
-    self_loops = [nodes[i].name for i, node in enumerate(nodes) if any(producer.get(r) == i for r in node_reads(node))]
+    reads = [node_reads(node) for node in nodes]
+    deps = [sorted({producer[r] for r in rs if r in producer and producer[r] != i}) for i, rs in enumerate(reads)]
+    self_loops = [nodes[i].name for i, rs in enumerate(reads) if any(producer.get(r) == i for r in rs)]
     if self_loops:
         raise ModelError(f"{where}: the graph has a cycle: node {self_loops[0]!r} reads its own output")
     order, stuck = topological_order(range(len(nodes)), [(j, i) for i, d in enumerate(deps) for j in d])
@@ -336,9 +337,12 @@ def light_copy(proto: onnx.ModelProto, *, keep_bytes: int = 1 << 16) -> onnx.Mod
     return copy
 
 
-def infer(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Shape-infer a light copy; return name -> ValueInfo for everything typed."""
-    light = light_copy(proto)
+def infer(proto: onnx.ModelProto, *, copy: bool = True) -> dict[str, onnx.ValueInfoProto]:
+    """Shape-infer a light copy; return name -> ValueInfo for everything typed.
+
+    ``copy=False``: ``proto`` is a light copy already (see :func:`light_copy`) and is inferred as it is.
+    """
+    light = light_copy(proto) if copy else proto
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:  # shape inference is best effort: missing shapes are found by running

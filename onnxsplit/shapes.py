@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -25,8 +26,13 @@ class TensorType:
     def nbytes(self) -> int | None:
         if self.shape is None or not self.dtype or self.dtype == onnx.TensorProto.STRING:
             return None
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(self.dtype).itemsize
-        return int(np.prod(self.shape, dtype=np.int64)) * itemsize if self.shape else itemsize
+        # Read once per tensor by every pass (costs, estimate, memory): kept to plain integer arithmetic.
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+
+@functools.cache
+def _itemsize(dtype: int) -> int:
+    return onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
 
 
 def parse_input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -166,7 +172,7 @@ def concrete_types(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> di
                 d.Clear()
                 d.dim_value = v
     out: dict[str, TensorType] = {}
-    for name, vi in infer(fixed).items():
+    for name, vi in infer(fixed, copy=False).items():
         tt = vi.type.tensor_type
         shape: tuple[int, ...] | None = None
         if tt.HasField("shape") and all(fixed_dim(d) is not None for d in tt.shape.dim):

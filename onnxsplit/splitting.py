@@ -28,7 +28,8 @@ from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.probe import Feeds, feed_shapes, probe_sizes, read_inputs
 from onnxsplit.rewrite.stages import Cut, StageSpec, cut_stages
 from onnxsplit.rewrite.write import write_split
-from onnxsplit.shapes import concrete_types, resolve_input_shapes
+from onnxsplit.shapefold import static_types
+from onnxsplit.shapes import TensorType, concrete_types, resolve_input_shapes
 from onnxsplit.solve.plan import Plan, make_plan, simple_lower_bound
 from onnxsplit.solve.select import solve
 
@@ -82,12 +83,21 @@ def load(model_path: str | os.PathLike, *, input_shapes: dict[str, tuple[int, ..
     shapes = resolve_input_shapes(model, {**from_feeds, **input_shapes})
     types = concrete_types(model, shapes)
     info = graph_info(model)
-    unknown = [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
-               and (t not in types or types[t].nbytes is None)]
+    unknown = _unsized(info, types)
+    if unknown:
+        # Shape computations evaluated as constants size most of them without building a session.
+        types = {**types, **static_types(model, shapes, types, unknown)}
+        unknown = _unsized(info, types)
     if unknown:
         log.info("running the model once to size %d tensors shape inference could not", len(unknown))
         types = {**types, **probe_sizes(model, unknown, shapes=shapes, feeds=feeds)}
     return Loaded(model, info, types, shapes, feeds=feeds)
+
+
+def _unsized(info: GraphInfo, types: dict[str, TensorType]) -> list[str]:
+    """Tensors a hand-off could carry whose size is not known yet."""
+    return [t for t, p in info.producer.items() if p not in info.const and info.consumers.get(t)
+            and (t not in types or types[t].nbytes is None)]
 
 
 def node_times(loaded: Loaded, devices: Devices, *, costs: Costs = "estimate",

@@ -34,9 +34,9 @@ def test_deep_transformer_splits(tmp_path):
     # Fewer stages are allowed, but only with the warning that says why.
     assert plan.num_stages == 4 or any("of the 4 devices" in w for w in result.warnings), result.warnings
     assert len(result.manifest.stages) == plan.num_stages
-    # A proven bound with a small, reported gap: the relaxed DP's promise on graphs this size.
+    # A proven bound within 1%: the relaxed fallback over stage cores on graphs this size.
     assert plan.lower_bound <= plan.value
-    assert math.isfinite(plan.gap) and plan.gap < 0.5, (plan.solver, plan.value, plan.lower_bound, plan.notes)
+    assert math.isfinite(plan.gap) and plan.gap <= 0.01, (plan.solver, plan.value, plan.lower_bound, plan.notes)
     check_plan(result.graph, result.devices, plan, contiguous=True)
 
     report = validate(out)

@@ -121,20 +121,42 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
         return best
 
 
+# Above this many nodes that are not light, the full relaxed lattice is not enumerated: light nodes fold
+# away in the relaxation, so this is about the size of the relaxed coarse graph.
+RELAXED_LATTICE_NODES = 2_000
+
+
 def _relaxed_dp(graph: CostGraph, devices: Devices, *, time_limit: float) -> Plan | None:
-    """When the exact lattice is too big: a lower bound from the DP with light nodes made free,
-    and the better of two real plans (that DP's plan, and the DP's plan with light nodes tied
-    to a neighbour), each scored on the real graph. None if neither DP can run."""
+    """When the exact lattice is too big: a real contiguous plan and a proven lower bound. None if no DP can run.
+
+    The bound is the optimum of a relaxation, so it holds for every
+    contiguous plan: light nodes (:func:`~onnxsplit.solve.relax.light_nodes`)
+    get no compute, no memory and free hand-offs, which lowers every plan's
+    load and frees no capacity a real plan could not use, so the relaxed
+    optimum is at most the real one. It is never below the simple bound
+    (average compute, largest node), taken when higher.
+
+    Small relaxed lattices are enumerated whole; the plan is the better of
+    the relaxed DP's plan and the DP with light nodes tied to a neighbour,
+    both scored on the real graph. Bigger ones, on devices of one kind, are
+    solved over stage cores (:func:`~onnxsplit.solve.relax.solve_cored`):
+    the plan is the exact optimum with light nodes tied to a neighbour (a
+    restriction, so a real plan), and the relaxed optimum is computed, also
+    exactly, only when it can beat the simple bound.
+    """
     from onnxsplit.solve.dp import DPTooLarge, solve_dp
     from onnxsplit.solve.plan import check_plan, make_plan
-    from onnxsplit.solve.relax import attach_light, light_nodes, relax
+    from onnxsplit.solve.relax import attach_light, light_nodes, one_kind, relax
 
     light = light_nodes(graph)
     if not light:
         return None
     deadline = time.perf_counter() + time_limit
+    relaxed = relax(graph, light)
+    if one_kind(devices) is not None and graph.n - len(light) > RELAXED_LATTICE_NODES:
+        return _cored_relaxed(graph, devices, light, relaxed, deadline=deadline)
     try:
-        bound_plan = solve_dp(relax(graph, light), devices, time_limit=time_limit)
+        bound_plan = solve_dp(relaxed, devices, time_limit=time_limit)
     except (DPTooLarge, InfeasibleError) as exc:
         log.info("relaxed DP could not run: %s", exc)
         return None
@@ -157,6 +179,45 @@ def _relaxed_dp(graph: CostGraph, devices: Devices, *, time_limit: float) -> Pla
         if best is None or plan.value < best.value:
             best = plan
     return best
+
+
+def _cored_relaxed(graph: CostGraph, devices: Devices, light: list[int], relaxed: CostGraph, *,
+                   deadline: float) -> Plan | None:
+    """:func:`_relaxed_dp` for big graphs on one device kind: both DPs over stage cores."""
+    from onnxsplit.solve.dp import DPTooLarge
+    from onnxsplit.solve.plan import check_plan, make_plan
+    from onnxsplit.solve.relax import attach_light, solve_cored
+
+    def left() -> float:
+        return max(1.0, deadline - time.perf_counter())
+
+    try:
+        tied = solve_cored(attach_light(graph, light), devices, time_limit=left())
+    except (DPTooLarge, InfeasibleError) as exc:
+        log.info("DP with light nodes attached could not run over stage cores: %s", exc)
+        return None
+    bound = simple_lower_bound(graph, devices)
+    source = "average compute per device"
+    # The tied plan is a plan of the relaxed graph too: its relaxed value caps the relaxed optimum.
+    within = make_plan(relaxed, devices, tied.stage_of, tied.stage_device, solver=Solver.DP_RELAXED).value
+    if within > bound:
+        try:
+            relaxed_opt = solve_cored(relaxed, devices, bound=within, time_limit=left()).value
+            if relaxed_opt > bound:
+                bound, source = relaxed_opt, "relaxed DP optimum (light nodes free)"
+        except (DPTooLarge, InfeasibleError) as exc:
+            log.info("relaxed DP could not run over stage cores: %s", exc)
+    else:
+        source += "; the relaxed DP cannot beat it"
+    plan = make_plan(graph, devices, tied.stage_of, tied.stage_device, solver=Solver.DP_RELAXED, lower_bound=bound,
+                     notes=(f"plan: exact DP with {len(light)} light nodes tied to a neighbour, over stage cores",
+                            f"lower bound: {source}"))
+    try:
+        check_plan(graph, devices, plan, contiguous=True)
+    except OnnxSplitError as exc:
+        log.info("tied plan is not feasible on the real graph: %s", exc)
+        return None
+    return plan
 
 
 @dataclass(frozen=True)
