@@ -8,7 +8,6 @@ hand-made split in the paper's format.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from onnxsplit.costgraph import CostGraph
+from onnxsplit.dag import latest_first_order
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError, PlanError
 from onnxsplit.solve.plan import (
@@ -25,30 +25,6 @@ from onnxsplit.solve.training import training_units
 from onnxsplit.solve.units import Units, units_of
 
 log = logging.getLogger(__name__)
-
-
-def _alap_order(units: Units) -> list[int]:
-    """A topological order that puts every unit as late as it can go.
-
-    Weights and shape computations then sit next to their consumer instead of
-    at the front, so prefixes of the order make far cheaper cuts.
-    """
-    succ_count = [0] * units.count
-    pred: list[list[int]] = [[] for _ in range(units.count)]
-    for a, b in units.edges:
-        succ_count[a] += 1
-        pred[b].append(a)
-    ready = [-u for u in range(units.count) if succ_count[u] == 0]
-    heapq.heapify(ready)
-    rev = []
-    while ready:
-        u = -heapq.heappop(ready)
-        rev.append(u)
-        for a in pred[u]:
-            succ_count[a] -= 1
-            if succ_count[a] == 0:
-                heapq.heappush(ready, -a)
-    return rev[::-1]
 
 
 def _cut_costs(units: Units, order: Sequence[int]) -> list[float]:
@@ -155,7 +131,9 @@ def solve_greedy(
     blocks = [[d for d, k in enumerate(kinds) if k.name == kd.name] for kd in devices.kinds if kd.count]
     best: tuple[float, list[int]] | None = None
     tried: set[tuple[int, ...]] = set()
-    orders = [list(range(units.count)), _alap_order(units)]
+    # As late as it can go: weights and shape computations then sit next to their consumer instead of
+    # at the front, so prefixes of the order make far cheaper cuts.
+    orders = [list(range(units.count)), latest_first_order(units.count, units.edges)]
     cuts = [_cut_costs(units, order) for order in orders]
     # Kind orders grow factorially; a couple of dozen covers every realistic device file.
     perms = list(itertools.islice(itertools.permutations(blocks), 24))

@@ -10,13 +10,13 @@ a device that does not communicate (the paper's CPU) pays neither.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Sequence, TypeVar
 
 from onnxsplit.costgraph import CostGraph, Tensor
+from onnxsplit.dag import priority_order
 from onnxsplit.devices import Devices, Link
 from onnxsplit.errors import PlanError
 
@@ -147,13 +147,7 @@ def stage_loads(
         return _linked_stage_loads(graph, devices, stage_of, stage_device)
     kinds = devices.expanded()
     nstages = len(stage_device)
-    compute = [0.0] * nstages
-    memory = [0.0] * nstages
-    for v in range(graph.n):
-        s = stage_of[v]
-        kind = kinds[stage_device[s]]
-        compute[s] += graph.compute[kind.name][v]
-        memory[s] += graph.memory[v]
+    compute, memory = _stage_compute_memory(graph, kinds, stage_of, stage_device)
     receive = [0.0] * nstages
     send = [0.0] * nstages
     for t in graph.tensors:
@@ -173,12 +167,7 @@ def _linked_stage_loads(graph: CostGraph, devices: Devices, stage_of, stage_devi
     """:func:`stage_loads` with every hand-off priced on the link between its two devices."""
     kinds = devices.expanded()
     nstages = len(stage_device)
-    compute = [0.0] * nstages
-    memory = [0.0] * nstages
-    for v in range(graph.n):
-        s = stage_of[v]
-        compute[s] += graph.compute[kinds[stage_device[s]].name][v]
-        memory[s] += graph.memory[v]
+    compute, memory = _stage_compute_memory(graph, kinds, stage_of, stage_device)
     receive = [0.0] * nstages
     send = [0.0] * nstages
     links: dict[tuple[int, int], Link | None] = {}
@@ -200,6 +189,17 @@ def _linked_stage_loads(graph: CostGraph, devices: Devices, stage_of, stage_devi
             if kinds[stage_device[d]].communicates:
                 receive[d] += prices[d]
     return [StageLoad(compute[s], receive[s], send[s], memory[s]) for s in range(nstages)]
+
+
+def _stage_compute_memory(graph: CostGraph, kinds, stage_of, stage_device) -> tuple[list[float], list[float]]:
+    """Compute time of every stage on its device's kind and the memory of its nodes, summed in node order."""
+    compute = [0.0] * len(stage_device)
+    memory = [0.0] * len(stage_device)
+    for v in range(graph.n):
+        s = stage_of[v]
+        compute[s] += graph.compute[kinds[stage_device[s]].name][v]
+        memory[s] += graph.memory[v]
+    return compute, memory
 
 
 def max_load(graph: CostGraph, devices: Devices, stage_of, stage_device) -> float:
@@ -339,27 +339,12 @@ def device_graph_order(graph: CostGraph, device_of: Sequence[int]) -> tuple[list
     devices ordered by their first node.
     """
     used = sorted(set(device_of))
-    succ: dict[int, set[int]] = {d: set() for d in used}
-    indeg = {d: 0 for d in used}
-    for u, v in graph.precedence_edges():
-        a, b = device_of[u], device_of[v]
-        if a != b and b not in succ[a]:
-            succ[a].add(b)
-            indeg[b] += 1
     first: dict[int, int] = {}
     for v, d in enumerate(device_of):
         first.setdefault(d, v)
-    ready = [(first[d], d) for d in used if indeg[d] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        _, d = heapq.heappop(ready)
-        order.append(d)
-        for e in succ[d]:
-            indeg[e] -= 1
-            if indeg[e] == 0:
-                heapq.heappush(ready, (first[e], e))
-    if len(order) == len(used):
+    crossing = ((device_of[u], device_of[v]) for u, v in graph.precedence_edges() if device_of[u] != device_of[v])
+    order, stuck = priority_order(used, crossing, lambda d, step: first[d])
+    if not stuck:
         return order, True
     return sorted(used, key=first.__getitem__), False
 

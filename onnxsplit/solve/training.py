@@ -41,7 +41,7 @@ from collections import defaultdict
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.dag import UnionFind, topological_order
-from onnxsplit.solve.units import Link, Units, _sccs
+from onnxsplit.solve.units import Units, _sccs, merge_links, part_sums
 
 
 def _classes(graph: CostGraph) -> UnionFind:
@@ -121,16 +121,9 @@ def training_units(graph: CostGraph) -> Units:
         for v in m:
             unit_of_l[v] = u
     unit_of = tuple(unit_of_l)
-    compute = {k: tuple(math.fsum(graph.compute[k][v] for v in m) for m in members) for k in graph.kinds}
-    memory = tuple(math.fsum(graph.memory[v] for v in m) for m in members)
+    compute, memory = part_sums(graph.compute, graph.memory, members)
     prec = tuple(sorted((renum[a], renum[b]) for a, b in unit_edges))
-    merged: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
-    for t in graph.tensors:
-        a = unit_of[t.producer]
-        cons = tuple(sorted({unit_of[c] for c in t.consumers} - {a}))
-        if cons:
-            merged[(a, cons)].append(t.cost)
-    links = tuple(Link(a, cons, math.fsum(costs)) for (a, cons), costs in sorted(merged.items()))
+    links = merge_links(unit_of, ((t.producer, t.consumers, t.cost) for t in graph.tensors))
     return Units(unit_of, members, compute, memory, prec, links)
 
 
@@ -265,15 +258,8 @@ def fold_units(units: Units, *, ignore_memory: bool) -> Units:
         parts[new[u]].append(u)
     members = tuple(tuple(sorted(v for u in p for v in units.members[u])) for p in parts)
     unit_of = tuple(new[u] for u in units.unit_of)
-    compute = {k: tuple(math.fsum(units.compute[k][u] for u in p) for p in parts) for k in units.compute}
-    memory = tuple(math.fsum(units.memory[u] for u in p) for p in parts)
-    merged: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
-    for link in units.links:
-        a = new[link.producer]
-        cons = tuple(sorted({new[c] for c in link.consumers} - {a}))
-        if cons:
-            merged[(a, cons)].append(link.cost)
-    links = tuple(Link(a, cons, math.fsum(costs)) for (a, cons), costs in sorted(merged.items()))
+    compute, memory = part_sums(units.compute, units.memory, parts)
+    links = merge_links(new, ((link.producer, link.consumers, link.cost) for link in units.links))
     prec = tuple(sorted((renum[a], renum[b]) for a, b in edges))
     return Units(unit_of, members, compute, memory, prec, links)
 

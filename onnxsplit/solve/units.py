@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 from onnxsplit.costgraph import CostGraph
 from onnxsplit.dag import UnionFind
@@ -125,14 +125,36 @@ def units_of(graph: CostGraph, *, merge_cycles: bool) -> Units:
     for v in range(n):
         members_l[unit_of[v]].append(v)
     members = tuple(tuple(m) for m in members_l)
-    compute = {k: tuple(math.fsum(graph.compute[k][v] for v in m) for m in members) for k in graph.kinds}
-    memory = tuple(math.fsum(graph.memory[v] for v in m) for m in members)
+    compute, memory = part_sums(graph.compute, graph.memory, members)
     edges = tuple(sorted({(unit_of[u], unit_of[v]) for u, v in graph.edges() if unit_of[u] != unit_of[v]}))
-    merged: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
-    for t in graph.tensors:
-        a = unit_of[t.producer]
-        cons = tuple(sorted({unit_of[c] for c in t.consumers} - {a}))
-        if cons:
-            merged[(a, cons)].append(t.cost)
-    links = tuple(Link(a, cons, math.fsum(costs)) for (a, cons), costs in sorted(merged.items()))
+    links = merge_links(unit_of, ((t.producer, t.consumers, t.cost) for t in graph.tensors))
     return Units(unit_of, members, compute, memory, edges, links)
+
+
+def part_sums(
+    compute: Mapping[str, Sequence[float]], memory: Sequence[float], parts: Sequence[Sequence[int]]
+) -> tuple[dict[str, tuple[float, ...]], tuple[float, ...]]:
+    """Compute time per kind and memory of each part, summed over the members it lists.
+
+    Before: every member is an index into ``memory`` and every ``compute``
+    row. Sums are exactly rounded (``math.fsum``), so they do not depend on
+    the order of the members.
+    """
+    summed = {k: tuple(math.fsum(row[v] for v in p) for p in parts) for k, row in compute.items()}
+    return summed, tuple(math.fsum(memory[v] for v in p) for p in parts)
+
+
+def merge_links(part_of: Sequence[int], ends: Iterable[tuple[int, Iterable[int], float]]) -> tuple[Link, ...]:
+    """The links between parts that tensors ``(producer, consumers, cost)`` make once each end moves to its part.
+
+    A tensor whose readers all sit in its producer's part is dropped; the
+    others are merged by (producer part, sorted other reader parts), their
+    costs summed (they always cross together). Links come sorted by their ends.
+    """
+    merged: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
+    for producer, consumers, cost in ends:
+        a = part_of[producer]
+        cons = tuple(sorted({part_of[c] for c in consumers} - {a}))
+        if cons:
+            merged[(a, cons)].append(cost)
+    return tuple(Link(a, cons, math.fsum(costs)) for (a, cons), costs in sorted(merged.items()))

@@ -2,53 +2,17 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
 
 from onnxsplit.costgraph import CostGraph
+from onnxsplit.dag import latest_first_order, priority_order
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.solve.latency.bounds import fastest_times
 from onnxsplit.solve.latency.scorer import latency_plan, plan_devices
 from onnxsplit.solve.plan import Plan, Solver, fits_devices
-
-
-def _priority_order(graph: CostGraph, key) -> list[int]:
-    """The topological order that always takes the ready node with the smallest ``key(node, step)``."""
-    preds = graph.predecessors()
-    succ = graph.successors()
-    waiting = [len(p) for p in preds]
-    ready = [(key(v, 0), v) for v in range(graph.n) if waiting[v] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        _, v = heapq.heappop(ready)
-        order.append(v)
-        for w in succ[v]:
-            waiting[w] -= 1
-            if waiting[w] == 0:
-                heapq.heappush(ready, (key(w, len(order)), w))
-    return order
-
-
-def _alap_order(graph: CostGraph) -> list[int]:
-    """Every node as late as it can go, so cheap side inputs sit next to their reader."""
-    succ = graph.successors()
-    preds = graph.predecessors()
-    left = [len(s) for s in succ]
-    ready = [-v for v in range(graph.n) if left[v] == 0]
-    heapq.heapify(ready)
-    rev: list[int] = []
-    while ready:
-        v = -heapq.heappop(ready)
-        rev.append(v)
-        for u in preds[v]:
-            left[u] -= 1
-            if left[u] == 0:
-                heapq.heappush(ready, -u)
-    return rev[::-1]
 
 
 def _orders(graph: CostGraph, devices: Devices) -> list[list[int]]:
@@ -59,11 +23,13 @@ def _orders(graph: CostGraph, devices: Devices) -> list[list[int]]:
     succ = graph.successors()
     for v in reversed(range(graph.n)):
         tail[v] = fastest[v] + max((tail[w] for w in succ[v]), default=0.0)
+    edges = graph.edges()
     return [
         list(range(graph.n)),
-        _alap_order(graph),
-        _priority_order(graph, lambda v, step: -step),  # depth first: finish a branch before the next
-        _priority_order(graph, lambda v, step: -tail[v]),
+        # Every node as late as it can go, so cheap side inputs sit next to their reader.
+        latest_first_order(graph.n, edges),
+        priority_order(range(graph.n), edges, lambda v, step: -step)[0],  # depth first: finish a branch first
+        priority_order(range(graph.n), edges, lambda v, step: -tail[v])[0],
     ]
 
 
