@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
@@ -17,17 +17,12 @@ from onnxsplit.solve.local import solve_local
 from onnxsplit.solve.plan import check_plan, simple_lower_bound
 from onnxsplit.solve.units import units_of
 
+from cases import hsettings
 from test_ip import brute_force, small_problem
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 GRAPHS = ["layer_bert24", "layer_gnmt", "layer_resnet50", "op_bert_l-3", "op_bert_l-6", "op_resnet50"]
 INF = math.inf
-
-
-def quick(examples: int) -> settings:
-    return settings(
-        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-    )
 
 
 def _expected() -> dict:
@@ -83,7 +78,7 @@ def test_expert_with_too_many_slots(tmp_path: Path) -> None:
 
 
 @given(small_problem())
-@quick(30)
+@hsettings(30)
 def test_greedy_is_valid_and_contiguous(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, contiguous=True)
@@ -96,7 +91,7 @@ def test_greedy_is_valid_and_contiguous(problem) -> None:
 
 
 @given(small_problem())
-@quick(30)
+@hsettings(30)
 def test_local_search_is_valid_and_respects_constraints(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, contiguous=False)

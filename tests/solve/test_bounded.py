@@ -7,8 +7,7 @@ import math
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
@@ -19,34 +18,17 @@ from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.cutbound import node_bound
 from onnxsplit.solve.dp import DPTooLarge, solve_dp
 from onnxsplit.solve.lattice import Problem
-from onnxsplit.solve.plan import check_plan, make_plan, stage_loads
+from onnxsplit.solve.plan import check_plan, make_plan
+
+from bruteforce import placement_load
+from cases import hsettings, two_kind_problems
 
 INF = math.inf
 
 
-def hsettings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-
-
-@st.composite
-def graphs(draw, *, max_nodes: int = 7, kinds: bool = True):
+def graphs(*, max_nodes: int = 7, kinds: bool = True):
     """A random DAG with costs, memory and unsupported nodes on one or two device kinds."""
-    n = draw(st.integers(1, max_nodes))
-    edges = [(u, v) for u in range(n) for v in range(u + 1, n) if draw(st.integers(0, 2)) == 0]
-    acc = tuple(draw(st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, INF])) for _ in range(n))
-    cpu = tuple(draw(st.sampled_from([0.5, 2.0, 4.0, 10.0])) for _ in range(n))
-    memory = tuple(draw(st.sampled_from([0.0, 1.0, 2.0])) for _ in range(n))
-    tensors = []
-    for u in range(n):
-        outs = [v for a, v in edges if a == u]
-        if outs:
-            tensors.append(Tensor(f"t{u}", u, tuple(outs), cost=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]))))
-    graph = CostGraph(names=tuple(f"n{v}" for v in range(n)), compute={"acc": acc, "cpu": cpu}, memory=memory,
-                      tensors=tuple(tensors))
-    devs = [DeviceKind("acc", draw(st.integers(1, 3)), memory=draw(st.sampled_from([INF, 4.0])))]
-    if kinds and draw(st.booleans()):
-        devs.append(DeviceKind("cpu", draw(st.integers(1, 2)), communicates=draw(st.booleans())))
-    return graph, Devices(tuple(devs))
+    return two_kind_problems(max_nodes=max_nodes, edge_odds=3, cpu_times=(0.5, 2.0, 4.0, 10.0), second_kind=kinds)
 
 
 def _least_device_brute(prob: Problem) -> float:
@@ -78,17 +60,10 @@ def _least_device_brute(prob: Problem) -> float:
 
 def _best_any_placement(graph: CostGraph, devices: Devices) -> float:
     """The least max load over every placement, contiguous or not (brute force)."""
-    expanded = devices.expanded()
     best = INF
-    for device_of in itertools.product(range(len(expanded)), repeat=graph.n):
-        if any(math.isinf(graph.compute[expanded[d].name][v]) for v, d in enumerate(device_of)):
-            continue
+    for device_of in itertools.product(range(devices.count), repeat=graph.n):
         used = sorted(set(device_of))
-        stage_of = [used.index(d) for d in device_of]
-        loads = stage_loads(graph, devices, stage_of, used)
-        if any(sl.memory > expanded[d].memory for sl, d in zip(loads, used)):
-            continue
-        best = min(best, max(sl.load for sl in loads))
+        best = min(best, placement_load(graph, devices, [used.index(d) for d in device_of], used))
     return best
 
 

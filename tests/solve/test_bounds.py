@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -31,6 +31,8 @@ from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import OnnxSplitError
 from onnxsplit.solve.plan import Plan, check_plan
 from onnxsplit.solve.select import _relaxed_dp, solve
+
+from cases import hsettings
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 INF = math.inf
@@ -245,21 +247,16 @@ def _check_random(solver: str, graph: CostGraph, devices: Devices) -> None:
         assert plan.value == pytest.approx(contiguous, rel=1e-6, abs=1e-9)
 
 
-def _settings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=True)
-
-
 @pytest.mark.parametrize("solver", ["dp", "auto", "linear", "greedy", "local", "relaxed-dp"])
 @given(problem=problems())
-@_settings(150)
+@hsettings(150)
 def test_random_graph_bound_is_at_most_the_brute_force_optimum(solver: str, problem) -> None:
     _check_random(solver, *problem)
 
 
 @pytest.mark.parametrize("solver", ["ip", "ip-noncontiguous"])
 @given(problem=problems())
-@_settings(40)
+@hsettings(40)
 def test_random_graph_integer_program_bound_is_at_most_the_brute_force_optimum(solver: str, problem) -> None:
     _check_random(solver, *problem)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -22,35 +22,16 @@ from onnxsplit.solve.dp import DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.lattice import Problem, enumerate_ideals, unpack_bits
 from onnxsplit.solve.plan import check_plan
 
+from cases import hsettings, two_kind_problems
+
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 INF = math.inf
 FAR = {"max_ideals": 10**6, "max_pairs": 10**8, "time_limit": 60.0}
 
 
-def hsettings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-
-
-@st.composite
-def problems(draw, *, max_nodes: int = 10):
+def problems(*, max_nodes: int = 10):
     """A random DAG with costs, memory and unsupported nodes on one or two device kinds."""
-    n = draw(st.integers(1, max_nodes))
-    edges = [(u, v) for u in range(n) for v in range(u + 1, n) if draw(st.integers(0, 3)) == 0]
-    acc = tuple(draw(st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, INF])) for _ in range(n))
-    cpu = tuple(draw(st.sampled_from([0.0, 2.0, 4.0, 10.0])) for _ in range(n))
-    acc = tuple(a if math.isfinite(a) or math.isfinite(c) else 1.0 for a, c in zip(acc, cpu))
-    memory = tuple(draw(st.sampled_from([0.0, 1.0, 2.0])) for _ in range(n))
-    tensors = []
-    for u in range(n):
-        outs = [v for a, v in edges if a == u]
-        if outs:
-            tensors.append(Tensor(f"t{u}", u, tuple(outs), cost=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]))))
-    graph = CostGraph(names=tuple(f"n{v}" for v in range(n)), compute={"acc": acc, "cpu": cpu}, memory=memory,
-                      tensors=tuple(tensors))
-    kinds = [DeviceKind("acc", draw(st.integers(1, 3)), memory=draw(st.sampled_from([INF, 4.0])))]
-    if draw(st.booleans()):
-        kinds.append(DeviceKind("cpu", draw(st.integers(1, 2)), communicates=draw(st.booleans())))
-    return graph, Devices(tuple(kinds))
+    return two_kind_problems(max_nodes=max_nodes, edge_odds=4, cpu_times=(0.0, 2.0, 4.0, 10.0))
 
 
 def _rows(bits: np.ndarray, n: int) -> set[tuple[int, ...]]:

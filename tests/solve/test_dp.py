@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -21,6 +21,8 @@ from onnxsplit.solve import pairs as pairsmod
 from onnxsplit.solve.coarsen import coarsen
 from onnxsplit.solve.dp import DPBoundTooLow, DPTimeout, DPTooLarge, solve_dp, solve_dp_with_stats
 from onnxsplit.solve.plan import check_plan, stage_loads
+from bruteforce import best_chain_load
+from cases import check_dp_finds, check_folding_keeps_the_optimum, hsettings
 from test_training import training_problems
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
@@ -33,10 +35,6 @@ GRAPHS = [
     "op_resnet50_inference.json",
 ]
 INF = math.inf
-
-
-def hsettings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 # ---------------------------------------------------------------- reference graphs
@@ -114,58 +112,21 @@ def problems(draw, *, max_nodes: int = 9, free: float = 0.25):
 def brute_force(graph: CostGraph, devices: Devices) -> float:
     """Best max load over every assignment of nodes to device slots whose slot graph is acyclic.
 
-    Independent of the DP: no ideals, just all assignments, the plan
-    module's scoring, and "the devices can be put in a chain" checked as
-    acyclicity of the graph with an edge between slots a tensor crosses.
+    Independent of the DP: no ideals, just all assignments that keep every
+    group on one slot, the plan module's scoring, and "the devices can be put
+    in a chain" checked as acyclicity of the graph with an edge between slots
+    a tensor crosses.
     """
-    kinds = devices.expanded()
-    slots = range(len(kinds))
-    edges = graph.edges()
-    best = INF
-    for assign in itertools.product(slots, repeat=graph.n):
-        if any(math.isinf(graph.compute[kinds[assign[v]].name][v]) for v in range(graph.n)):
-            continue
-        if any(len({assign[v] for v in g}) > 1 for g in graph.groups):
-            continue
-        cross = {(assign[u], assign[v]) for u, v in edges if assign[u] != assign[v]}
-        if not _acyclic(len(kinds), cross):
-            continue
-        loads = stage_loads(graph, devices, assign, list(slots))
-        if any(sl.memory > kinds[s].memory for s, sl in enumerate(loads)):
-            continue
-        best = min(best, max(sl.load for sl in loads))
-    return best
-
-
-def _acyclic(n: int, arcs: set[tuple[int, int]]) -> bool:
-    indeg = [0] * n
-    for _, b in arcs:
-        indeg[b] += 1
-    ready = [v for v in range(n) if indeg[v] == 0]
-    seen = 0
-    while ready:
-        a = ready.pop()
-        seen += 1
-        for x, b in arcs:
-            if x == a:
-                indeg[b] -= 1
-                if indeg[b] == 0:
-                    ready.append(b)
-    return seen == n
+    assignments = itertools.product(range(devices.count), repeat=graph.n)
+    together = (a for a in assignments if all(len({a[v] for v in g}) == 1 for g in graph.groups))
+    return best_chain_load(graph, devices, together, graph.edges())
 
 
 @hsettings(300)
 @given(problems())
 def test_dp_equals_brute_force(problem) -> None:
     graph, devices = problem
-    expected = brute_force(graph, devices)
-    if math.isinf(expected):
-        with pytest.raises(InfeasibleError):
-            solve_dp(graph, devices)
-        return
-    plan = solve_dp(graph, devices)
-    check_plan(graph, devices, plan)
-    assert plan.value == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    check_dp_finds(graph, devices, brute_force(graph, devices))
 
 
 @contextmanager
@@ -198,16 +159,7 @@ def test_small_blocks_and_bounds(problem) -> None:
 @hsettings(150)
 @given(problems(max_nodes=16, free=0.4))
 def test_folding_keeps_the_optimum(problem) -> None:
-    graph, devices = problem
-    try:
-        plain = solve_dp_with_stats(graph, devices, fold=False)[0]
-    except InfeasibleError:
-        with pytest.raises(InfeasibleError):
-            solve_dp(graph, devices)
-        return
-    folded = solve_dp(graph, devices)
-    check_plan(graph, devices, folded)
-    assert folded.value == pytest.approx(plain.value, rel=1e-9, abs=1e-9)
+    check_folding_keeps_the_optimum(*problem)
 
 
 @hsettings(40)

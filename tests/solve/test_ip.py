@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -19,14 +19,10 @@ from onnxsplit.solve.ip import solve_ip
 from onnxsplit.solve.latency import cut_pieces, latency_of, latency_plan, schedule, solve_latency_ip
 from onnxsplit.solve.plan import check_plan, plan_from_devices
 
+from cases import check_latency_ip_finds, hsettings
+
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 INF = math.inf
-
-
-def quick(examples: int) -> settings:
-    return settings(
-        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-    )
 
 
 @st.composite
@@ -81,7 +77,7 @@ def brute_force(graph: CostGraph, devices: Devices, *, contiguous: bool) -> floa
 
 
 @given(small_problem())
-@quick(25)
+@hsettings(25)
 def test_contiguous_ip_matches_brute_force(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, contiguous=True)
@@ -97,7 +93,7 @@ def test_contiguous_ip_matches_brute_force(problem) -> None:
 
 
 @given(small_problem(max_nodes=6))
-@quick(15)
+@hsettings(15)
 def test_noncontiguous_ip_matches_brute_force(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, contiguous=False)
@@ -171,7 +167,7 @@ def _highs_available() -> bool:
 
 @pytest.mark.skipif(not _highs_available(), reason="HiGHS (highspy/highsbox) is not installed")
 @given(small_problem(max_nodes=6))
-@quick(8)
+@hsettings(8)
 def test_highs_agrees_with_cbc(problem) -> None:
     graph, devices = problem
     try:
@@ -249,24 +245,16 @@ def latency_brute_force(graph: CostGraph, devices: Devices) -> float:
 
 
 @given(small_problem(max_nodes=5, positive=True))
-@quick(15)
+@hsettings(15)
 def test_latency_ip_matches_brute_force(problem) -> None:
     graph, devices = problem
-    best = latency_brute_force(graph, devices)
-    if math.isinf(best):
-        with pytest.raises(InfeasibleError):
-            solve_latency_ip(graph, devices, q=1, time_limit=20)
-        return
-    plan = solve_latency_ip(graph, devices, q=1, time_limit=20)
-    check_plan(graph, devices, plan, contiguous=False)
-    assert plan.objective == "latency" and plan.solver == "ip-latency"
-    assert plan.value == pytest.approx(latency_of(graph, devices, plan))
-    assert plan.value == pytest.approx(best, rel=1e-6, abs=1e-9)
-    assert plan.lower_bound == pytest.approx(best, rel=1e-6, abs=1e-9)
+    plan = check_latency_ip_finds(graph, devices, latency_brute_force(graph, devices))
+    if plan is not None:
+        assert plan.objective == "latency" and plan.solver == "ip-latency"
 
 
 @given(small_problem(max_nodes=5, positive=True))
-@quick(8)
+@hsettings(8)
 def test_latency_ip_more_pieces_never_hurts(problem) -> None:
     graph, devices = problem
     try:

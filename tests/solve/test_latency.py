@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -23,14 +23,10 @@ from onnxsplit.solve.latency import (
 )
 from onnxsplit.solve.plan import check_plan
 
+from cases import check_latency_ip_finds, hsettings
+
 LATENCY_GRAPHS = Path(__file__).resolve().parents[1] / "data" / "latency-graphs"
 INF = math.inf
-
-
-def quick(examples: int) -> settings:
-    return settings(
-        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-    )
 
 
 @st.composite
@@ -127,24 +123,16 @@ def brute_force(graph: CostGraph, devices: Devices, q: int) -> float:
 
 
 @given(small_dag())
-@quick(25)
+@hsettings(25)
 def test_ip_q1_is_proven_optimal_and_equals_brute_force(problem) -> None:
     graph, devices = problem
-    best = brute_force(graph, devices, 1)
-    if math.isinf(best):
-        with pytest.raises(InfeasibleError):
-            solve_latency_ip(graph, devices, q=1, time_limit=20)
-        return
-    plan = solve_latency_ip(graph, devices, q=1, time_limit=20)
-    check_plan(graph, devices, plan, contiguous=False)
-    assert plan.value == pytest.approx(latency_of(graph, devices, plan))
-    assert plan.value == pytest.approx(best, rel=1e-6, abs=1e-9)
-    assert plan.lower_bound == pytest.approx(best, rel=1e-6, abs=1e-9)
-    assert any(note.startswith(("bound from", "optimal: equals")) for note in plan.notes)
+    plan = check_latency_ip_finds(graph, devices, brute_force(graph, devices, 1))
+    if plan is not None:
+        assert any(note.startswith(("bound from", "optimal: equals")) for note in plan.notes)
 
 
 @given(small_dag(max_nodes=4))
-@quick(15)
+@hsettings(15)
 def test_ip_q2_bound_is_the_brute_force_optimum(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, 2)
@@ -164,7 +152,7 @@ def test_ip_q2_bound_is_the_brute_force_optimum(problem) -> None:
 
 
 @given(small_dag(max_nodes=6))
-@quick(30)
+@hsettings(30)
 def test_every_bound_source_is_below_the_optimum(problem) -> None:
     graph, devices = problem
     best = brute_force(graph, devices, 1)
@@ -183,7 +171,7 @@ def test_every_bound_source_is_below_the_optimum(problem) -> None:
 
 
 @given(small_dag(max_nodes=6, max_accs=3, chain=True))
-@quick(30)
+@hsettings(30)
 def test_heuristic_is_exact_on_chains(problem) -> None:
     # Every call on a chain runs after the previous one, so cutting the one order into runs is exhaustive.
     graph, devices = problem

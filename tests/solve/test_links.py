@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -17,13 +17,12 @@ from onnxsplit.solve.links import assign_devices, reprice, solve_links
 from onnxsplit.solve.plan import check_plan, hand_off_ms, make_plan, stage_loads
 from onnxsplit.solve.select import solve
 
+from bruteforce import placement_load
+from cases import draw_link, draw_pair_links, draw_priced_tensor, hsettings
+
 SLOW = Link(1e9, 0.0)
 FAST = Link(300e9, 0.0)
 MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-def hsettings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 def chain_graph(sizes: list[float], *, compute: float = 1000.0) -> CostGraph:
@@ -148,18 +147,18 @@ def _contiguous_splits(g: CostGraph, stages: int):
         yield stage_of
 
 
+def _best_device_map(g: CostGraph, devices: Devices, stage_of: tuple[int, ...], stages: int) -> float:
+    """The least max load of one contiguous split over every injective map of its stages to devices."""
+    maps = itertools.permutations(range(devices.count), stages)
+    return min((placement_load(g, devices, stage_of, stage_device) for stage_device in maps), default=math.inf)
+
+
 def brute_force(g: CostGraph, devices: Devices) -> float:
     """Every contiguous split times every injective map of its stages to devices, scored from scratch."""
-    kinds = devices.expanded()
     best = math.inf
     for m in range(1, min(g.n, devices.count) + 1):
         for stage_of in _contiguous_splits(g, m):
-            for stage_device in itertools.permutations(range(devices.count), m):
-                loads = stage_loads(g, devices, stage_of, stage_device)
-                ok = all(not math.isinf(g.compute[kinds[stage_device[s]].name][v]) for v, s in enumerate(stage_of))
-                ok = ok and all(sl.memory <= kinds[stage_device[s]].memory for s, sl in enumerate(loads))
-                if ok:
-                    best = min(best, max(sl.load for sl in loads))
+            best = min(best, _best_device_map(g, devices, stage_of, m))
     return best
 
 
@@ -175,34 +174,26 @@ def linked_problems(draw):
         v = draw(st.integers(0, n - 1))
         compute["cpu"] = compute["cpu"][:v] + (math.inf,) + compute["cpu"][v + 1:]
     memory = tuple(draw(st.sampled_from([0.0, 1.0, 2.0])) for _ in range(n))
-    default = Link(draw(st.sampled_from([1e3, 1e4])), draw(st.sampled_from([0.0, 1e-3])))
+    default = draw_link(draw)
     tensors = []
     for u in range(n):
         readers = tuple(v for a, v in edges if a == u)
         if readers:
-            nbytes = draw(st.sampled_from([0, 1000, 5000, 20000]))
-            cost = 0.0 if draw(st.integers(0, 5)) == 0 else default.ms(nbytes)
-            tensors.append(Tensor(f"t{u}", u, readers, nbytes=nbytes, cost=cost))
+            tensors.append(draw_priced_tensor(draw, default, f"t{u}", u, readers))
     groups = ()
     if n >= 3 and draw(st.integers(0, 3)) == 0:
         a = draw(st.integers(0, n - 2))
         groups = ((a, draw(st.integers(a + 1, n - 1))),)
     g = CostGraph(names=tuple(f"n{i}" for i in range(n)), compute=compute, memory=memory, tensors=tuple(tensors),
                   groups=groups)
-    pairs = []
-    for a, b in itertools.combinations(range(ndev), 2):
-        if draw(st.booleans()):
-            pairs.append(((a, b), Link(draw(st.sampled_from([2e2, 1e3, 5e3, 1e5])),
-                                       draw(st.sampled_from([0.0, 5e-4, 2e-3])))))
-    if not pairs:
-        pairs.append(((0, 1), Link(1e5, 0.0)))
+    pairs = draw_pair_links(draw, ndev)
     cap = math.inf if draw(st.booleans()) else draw(st.sampled_from([2.0, 3.0, 4.0]))
     if two_kinds:
         gpus = draw(st.integers(1, ndev - 1))
         kinds = (DeviceKind("gpu", gpus, memory=cap), DeviceKind("cpu", ndev - gpus, communicates=draw(st.booleans())))
     else:
         kinds = (DeviceKind("gpu", ndev, memory=cap),)
-    return g, Devices(kinds, link=default, pairs=tuple(pairs))
+    return g, Devices(kinds, link=default, pairs=pairs)
 
 
 @given(linked_problems())
@@ -244,13 +235,7 @@ def test_device_maps_of_a_fixed_chain_are_optimal(problem) -> None:
     g, devices = problem
     for m in range(1, min(g.n, devices.count) + 1):
         for stage_of in _contiguous_splits(g, m):
-            kinds = devices.expanded()
-            best = math.inf
-            for stage_device in itertools.permutations(range(devices.count), m):
-                loads = stage_loads(g, devices, stage_of, stage_device)
-                if all(not math.isinf(g.compute[kinds[stage_device[s]].name][v]) for v, s in enumerate(stage_of)) \
-                        and all(sl.memory <= kinds[stage_device[s]].memory for s, sl in enumerate(loads)):
-                    best = min(best, max(sl.load for sl in loads))
+            best = _best_device_map(g, devices, stage_of, m)
             if math.isinf(best):
                 continue
             found = assign_devices(g, devices, stage_of)

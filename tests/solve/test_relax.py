@@ -6,17 +6,20 @@ import itertools
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.solve import select
 from onnxsplit.solve.dp import solve_dp
-from onnxsplit.solve.plan import check_plan, stage_loads
+from onnxsplit.solve.plan import check_plan
 from onnxsplit.solve.relax import one_kind, prefix_plan, solve_cored
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+from bruteforce import best_chain_load
+from cases import hsettings
+
+SETTINGS = hsettings(120)
 
 
 @st.composite
@@ -40,28 +43,8 @@ def problems(draw, *, max_nodes: int = 7):
 
 def brute_force(graph: CostGraph, devices: Devices) -> float:
     """Best max load over assignments to devices whose device graph is acyclic, within memory."""
-    slots = range(devices.count)
-    kinds = devices.expanded()
-    best = math.inf
-    for assign in itertools.product(slots, repeat=graph.n):
-        cross = {(assign[u], assign[v]) for u, v in graph.edges() if assign[u] != assign[v]}
-        if not _acyclic(devices.count, cross):
-            continue
-        loads = stage_loads(graph, devices, assign, list(slots))
-        if any(sl.memory > kinds[s].memory for s, sl in enumerate(loads)):
-            continue
-        best = min(best, max(sl.load for sl in loads))
-    return best
-
-
-def _acyclic(n: int, arcs: set[tuple[int, int]]) -> bool:
-    left = set(range(n))
-    while left:
-        sources = [a for a in left if not any(b == a and x in left for x, b in arcs)]
-        if not sources:
-            return False
-        left -= set(sources)
-    return True
+    assignments = itertools.product(range(devices.count), repeat=graph.n)
+    return best_chain_load(graph, devices, assignments, graph.edges())
 
 
 @SETTINGS

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxsplit.costgraph import CostGraph, Tensor
@@ -17,20 +17,21 @@ from onnxsplit.dag import UnionFind
 from onnxsplit.devices import DeviceKind, Devices
 from onnxsplit.errors import InfeasibleError, ModelError, PlanError
 from onnxsplit.paperformat import load_paper, parse_paper, to_paper
-from onnxsplit.solve.dp import solve_dp, solve_dp_with_stats
+from onnxsplit.solve.dp import solve_dp
 from onnxsplit.solve.greedy import evaluate_expert
-from onnxsplit.solve.plan import check_plan, is_ideal_chain, make_plan, stage_loads, stage_order_violations
+from onnxsplit.solve.plan import check_plan, is_ideal_chain, make_plan, stage_order_violations
 from onnxsplit.solve.select import solve
 from onnxsplit.solve.training import fold_units, training_units
+
+from bruteforce import best_chain_load
+from cases import (
+    check_dp_finds, check_folding_keeps_the_optimum, draw_link, draw_pair_links, draw_priced_tensor, hsettings,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference-graphs"
 INF = math.inf
 EXPECTED = json.loads((REFERENCE / "expected.json").read_text())
 TRAINING = sorted(name for name in EXPECTED["graphs"] if name.endswith("_training.json"))
-
-
-def hsettings(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 # ---------------------------------------------------------------- the paper's training graphs
@@ -215,7 +216,6 @@ def brute_force(graph: CostGraph, devices: Devices) -> float:
     that touch a class with no forward node; every tensor is scored by the
     plan module.
     """
-    kinds = devices.expanded()
     label = _classes(graph)
     reps = sorted(set(label))
     orphaned = {r for r in reps if all(graph.is_backward(v) for v in range(graph.n) if label[v] == r)}
@@ -226,37 +226,10 @@ def brute_force(graph: CostGraph, devices: Devices) -> float:
                 arcs_of.append((t.producer, c))
             elif graph.is_backward(t.producer) and (label[t.producer] in orphaned or label[c] in orphaned):
                 arcs_of.append((c, t.producer))
-    best = INF
-    for pick in itertools.product(range(len(kinds)), repeat=len(reps)):
-        slot = dict(zip(reps, pick))
-        assign = [slot[label[v]] for v in range(graph.n)]
-        if any(math.isinf(graph.compute[kinds[assign[v]].name][v]) for v in range(graph.n)):
-            continue
-        arcs = {(assign[u], assign[v]) for u, v in arcs_of if assign[u] != assign[v]}
-        if not _acyclic(len(kinds), arcs):
-            continue
-        loads = stage_loads(graph, devices, assign, list(range(len(kinds))))
-        if any(sl.memory > kinds[s].memory for s, sl in enumerate(loads)):
-            continue
-        best = min(best, max(sl.load for sl in loads))
-    return best
-
-
-def _acyclic(n: int, arcs: set[tuple[int, int]]) -> bool:
-    indeg = [0] * n
-    for _, b in arcs:
-        indeg[b] += 1
-    ready = [v for v in range(n) if indeg[v] == 0]
-    seen = 0
-    while ready:
-        a = ready.pop()
-        seen += 1
-        for x, b in arcs:
-            if x == a:
-                indeg[b] -= 1
-                if indeg[b] == 0:
-                    ready.append(b)
-    return seen == n
+    at = {r: i for i, r in enumerate(reps)}
+    picks = itertools.product(range(devices.count), repeat=len(reps))
+    assignments = ([pick[at[label[v]]] for v in range(graph.n)] for pick in picks)
+    return best_chain_load(graph, devices, assignments, arcs_of)
 
 
 @hsettings(250)
@@ -264,29 +237,15 @@ def _acyclic(n: int, arcs: set[tuple[int, int]]) -> bool:
 def test_dp_equals_brute_force(problem) -> None:
     graph, devices = problem
     expected = brute_force(graph, devices)
-    if math.isinf(expected):
-        with pytest.raises(InfeasibleError):
-            solve_dp(graph, devices)
-        return
-    plan = solve_dp(graph, devices)
-    check_plan(graph, devices, plan)
-    assert plan.value == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert plan.lower_bound <= expected * (1 + 1e-9) + 1e-9
+    plan = check_dp_finds(graph, devices, expected)
+    if plan is not None:
+        assert plan.lower_bound <= expected * (1 + 1e-9) + 1e-9
 
 
 @hsettings(150)
 @given(training_problems(max_forward=7, max_assignments=0))
 def test_folding_keeps_the_optimum(problem) -> None:
-    graph, devices = problem
-    try:
-        plain = solve_dp_with_stats(graph, devices, fold=False)[0]
-    except InfeasibleError:
-        with pytest.raises(InfeasibleError):
-            solve_dp(graph, devices)
-        return
-    folded = solve_dp(graph, devices)
-    check_plan(graph, devices, folded)
-    assert folded.value == pytest.approx(plain.value, rel=1e-9, abs=1e-9)
+    check_folding_keeps_the_optimum(*problem)
 
 
 @hsettings(60)
@@ -521,23 +480,12 @@ def test_local_search_keeps_classes(problem) -> None:
 @st.composite
 def linked_training_problems(draw):
     """A training problem whose tensors have sizes, on devices with a default link and random [[pair]] links."""
-    from onnxsplit.devices import Link
-
     graph, devices = draw(training_problems(max_forward=4, max_assignments=1500))
-    default = Link(draw(st.sampled_from([1e3, 1e4])), draw(st.sampled_from([0.0, 1e-3])))
-    tensors = []
-    for t in graph.tensors:
-        nbytes = draw(st.sampled_from([0, 1000, 5000, 20000]))
-        cost = 0.0 if draw(st.integers(0, 5)) == 0 else default.ms(nbytes)
-        tensors.append(Tensor(t.name, t.producer, t.consumers, nbytes=nbytes, cost=cost))
-    graph = CostGraph(names=graph.names, compute=graph.compute, memory=graph.memory, tensors=tuple(tensors),
+    default = draw_link(draw)
+    tensors = tuple(draw_priced_tensor(draw, default, t.name, t.producer, t.consumers) for t in graph.tensors)
+    graph = CostGraph(names=graph.names, compute=graph.compute, memory=graph.memory, tensors=tensors,
                       groups=graph.groups, backward=graph.backward)
-    ndev = devices.count
-    pairs = [((a, b), Link(draw(st.sampled_from([2e2, 1e3, 5e3, 1e5])), draw(st.sampled_from([0.0, 5e-4, 2e-3]))))
-             for a, b in itertools.combinations(range(ndev), 2) if draw(st.booleans())]
-    if not pairs and ndev >= 2:
-        pairs.append(((0, 1), Link(1e5, 0.0)))
-    return graph, Devices(devices.kinds, link=default, pairs=tuple(pairs))
+    return graph, Devices(devices.kinds, link=default, pairs=draw_pair_links(draw, devices.count))
 
 
 @hsettings(150)
