@@ -78,7 +78,10 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
     Every bound gathered is a proof for the contiguous problem: the DP's
     bounded search, the simple bound, and the DP on the graph with light
     nodes made free. A plan that meets the best of them is returned as
-    optimal. Otherwise the relaxed DP's plan (or the DP's own first plan,
+    optimal. Then the DP over stage cores
+    (:func:`~onnxsplit.solve.window.solve_over_cores`), for trial bounds
+    between that bound and the best plan, either returns the optimum or
+    raises the bound. Otherwise the relaxed DP's plan (or the DP's own first plan,
     when better) is returned with that bound; without a relaxed plan, the
     ideal-chain integer program starts from the best plan and the bound.
     """

@@ -19,6 +19,13 @@ most T (for instance T = the value of any contiguous plan). With T close
 to the optimum, only nodes near the N-1 boundaries stay free, and the
 lattice grows with the boundary regions rather than with the depth of the
 model.
+
+Counting hand-offs makes the cores bigger (:func:`load_closures`): in a plan
+that uses every device the devices before a boundary also send what crosses
+it, and those after receive it, so the sums become minimum cuts rather than
+closures. :func:`solve_over_cores` runs the exact DP over such cores for
+trial bounds between a proven lower bound and a known plan: each trial
+either finds the optimum or proves it higher.
 """
 
 from __future__ import annotations
@@ -395,6 +402,8 @@ def solve_over_cores(graph: CostGraph, devices: Devices, *, lower_bound: float, 
             note = (f"exact over stage cores: {free} of {cg.n} coarse nodes free for plans within {trial:.10g}"
                     f" on {kind.count} devices")
             return CoredSearch(replace(best, notes=best.notes + (note,)), best.value, (note,))
+        if best is not None:  # rounding at the trial's edge: neither proven optimal nor proven higher
+            break
         proven = trial
     return CoredSearch(None, proven, (f"stage cores: no plan within {proven:.10g}",) if proven > lower_bound else ())
 
