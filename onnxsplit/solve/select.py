@@ -78,11 +78,15 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
     Every bound gathered is a proof for the contiguous problem: the DP's
     bounded search, the simple bound, and the DP on the graph with light
     nodes made free. A plan that meets the best of them is returned as
-    optimal. Otherwise the relaxed DP's plan (or the DP's own first plan,
+    optimal. Then the DP over stage cores
+    (:func:`~onnxsplit.solve.window.solve_over_cores`), for trial bounds
+    between that bound and the best plan, either returns the optimum or
+    raises the bound. Otherwise the relaxed DP's plan (or the DP's own first plan,
     when better) is returned with that bound; without a relaxed plan, the
     ideal-chain integer program starts from the best plan and the bound.
     """
     from onnxsplit.solve.dp import DPTooLarge, solve_dp
+    from onnxsplit.solve.window import solve_over_cores
 
     start = time.perf_counter()
 
@@ -102,6 +106,15 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
     best = min(plans, key=lambda p: p.value) if plans else None
     if best is not None and bound >= best.value * (1 - _CLOSED):
         return _proven(best, bound, f"exact DP too large ({reason}); this plan meets a proven lower bound")
+    if best is None:
+        best = _heuristic(graph, devices)
+    # Stage cores for bounds between the proven one and the best plan: the optimum, or a higher bound.
+    cored = solve_over_cores(graph, devices, lower_bound=bound, upper_bound=best.value, time_limit=left() / 2)
+    if cored.plan is not None and cored.plan.value <= best.value:
+        return _proven(cored.plan, cored.lower_bound, f"exact DP too large ({reason}); solved over stage cores")
+    bound = max(bound, cored.lower_bound)
+    if bound >= best.value * (1 - _CLOSED):
+        return _proven(best, bound, f"exact DP too large ({reason}); stage cores prove this plan optimal")
     if relaxed is not None:
         how = "solved with light nodes relaxed" if best is relaxed else "the DP's first plan beat the relaxed DP's"
         return _proven(best, bound, f"exact DP too large ({reason}); {how}; lower bound: the best of the"
@@ -109,7 +122,7 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
                                     " light nodes made free (no compute, memory or hand-off cost), a relaxation")
     log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
     heuristic = _heuristic(graph, devices)
-    best = heuristic if best is None or heuristic.value < best.value else best
+    best = heuristic if heuristic.value < best.value else best
     best = _proven(best, bound, f"DP fallback: {reason}")
     try:
         from onnxsplit.solve.ip import solve_ip
