@@ -174,10 +174,76 @@ class Pairs:
 def score_pairs(
     prob: Problem, tab: Table, bound: float, *, max_pairs: int, deadline: float, time_limit: float, progress: Progress | None
 ) -> Pairs:
-    """Every (ideal, sub-ideal, kind) whose load is within the bound."""
+    """Every (ideal, sub-ideal, kind) within the bound that can be a device of a chain within it.
+
+    After: a chain whose every load is within ``bound`` uses only pairs
+    returned (so the DP over them finds the best such chain); with ``bound``
+    inf that is every pair. Which pairs can be on such a chain is decided
+    from both ends: with m devices, the p-th device's inner ideal is
+    reachable from {} by p-1 devices within the bound (``R_{p-1}``), and its
+    outer ideal reaches V with m-p devices (``B_{m-p}``). Pairs are scored
+    column set by column set (inner ideals newly in R) or row set by row set
+    (outer ideals newly in B), each step towards whichever end is cheaper
+    next, until the steps a (from {}) and b (from V) add up to m: then every
+    p has p <= a (its inner ideal is in R_{a-1}, all of whose pairs were
+    scored) or m - p <= b - 1 (likewise from V). Each pair is scored once.
+    """
     limit = bound * (1 + _SLACK)
     views = [View(prob, tab, k) for k in range(len(prob.kinds))]
     budget = Budget(prob, limit)
+    size = len(tab.bits)
+    devices = sum(k.count for k in prob.kinds)
+    if math.isinf(limit):
+        # Without a bound every ideal is reachable by one device: score everything.
+        return _score_all(views, budget, tab, max_pairs=max_pairs, deadline=deadline, time_limit=time_limit,
+                          progress=progress)
+    reach = np.zeros(size, dtype=bool)  # R_a: reachable from {} by a devices
+    reach[tab.empty] = True
+    back = np.zeros(size, dtype=bool)  # B_b: reaches V by b devices
+    back[tab.full] = True
+    cols_done = np.zeros(size, dtype=bool)  # inner ideals whose pairs are all scored
+    rows_done = np.zeros(size, dtype=bool)  # outer ideals whose pairs are all scored
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    total, steps, guess = 0, 0, 0.0
+    while steps < devices:
+        cols_new, rows_new = reach & ~cols_done, back & ~rows_done
+        forward = {"rows": ~rows_done, "cols": cols_new}
+        backward = {"rows": rows_new, "cols": ~cols_done}
+        per_view = [(v.positions(forward["rows"]), v.positions(forward["cols"]),
+                     v.positions(backward["rows"]), v.positions(backward["cols"])) for v in views]
+        ahead = sum(v.entries(budget, rows=fr, cols=fc) for v, (fr, fc, _, _) in zip(views, per_view))
+        behind = sum(v.entries(budget, rows=br, cols=bc) for v, (_, _, br, bc) in zip(views, per_view))
+        is_forward = ahead <= behind
+        # Refuse rather than time out: entries scored ~ sum of window widths.
+        guess += min(ahead, behind) * _SECONDS_PER_ENTRY * (1 + tab.columns / 128)
+        if guess > time_limit:
+            raise DPTooLarge(f"scoring pairs among {size} ideals would take about {guess:.0f} s (limit {time_limit:g} s)")
+        found = []
+        for k, (view, (fr, fc, br, bc)) in enumerate(zip(views, per_view)):
+            rows, cols = (fr, fc) if is_forward else (br, bc)
+            if not len(rows) or not len(cols):
+                continue
+            outer, inner, load = view.pairs(budget, rows=rows, cols=cols, max_pairs=max_pairs - total,
+                                            deadline=deadline, time_limit=time_limit)
+            total += len(outer)
+            found.append((outer, inner, np.full(len(outer), k, dtype=np.int64), load))
+        parts.extend(found)
+        outer = np.concatenate([np.zeros(0, dtype=np.int64)] + [p[0] for p in parts])
+        inner = np.concatenate([np.zeros(0, dtype=np.int64)] + [p[1] for p in parts])
+        # One device more, on either side, over every pair scored so far (all pairs of R_a's or B_b's ideals).
+        if is_forward:
+            cols_done |= cols_new
+            reach[outer[reach[inner]]] = True
+        else:
+            rows_done |= rows_new
+            back[inner[back[outer]]] = True
+        steps += 1
+        report_progress(progress, "pairs", steps / devices)
+    return _collect(parts, several=True)
+
+
+def _score_all(views: list[View], budget: Budget, tab: Table, *, max_pairs: int, deadline: float, time_limit: float,
+               progress: Progress | None) -> Pairs:
     # Refuse up front rather than time out: entries scored ~ sum of window widths.
     guess = sum(v.entries(budget) for v in views) * _SECONDS_PER_ENTRY * (1 + tab.columns / 128)
     if guess > time_limit:
@@ -189,8 +255,16 @@ def score_pairs(
         total += len(outer)
         parts.append((outer, inner, np.full(len(outer), k, dtype=np.int64), load))
         report_progress(progress, "pairs", (k + 1) / len(views))
+    return _collect(parts, several=len(views) > 1)
+
+
+def _collect(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], *, several: bool) -> Pairs:
+    """Pairs from parts each sorted by outer: merged, sorted by outer (stably, so each part keeps its order)."""
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return Pairs.build(empty, empty, empty, np.zeros(0))
     outer, inner, kind, load = (np.concatenate(x) for x in zip(*parts))
-    if len(views) > 1:
+    if several:
         order = np.argsort(outer, kind="stable")
         outer, inner, kind, load = outer[order], inner[order], kind[order], load[order]
     return Pairs.build(outer, inner, kind, load)
@@ -287,8 +361,8 @@ class View:
                 self.comm = send[self.perm], gift[self.perm], right[:, self.perm], left[:, self.perm]
         return self.comm
 
-    def _block_comm(self, rows: slice, cols: slice) -> np.ndarray:
-        """comm of every (row ideal \\ column ideal) in a block.
+    def _block_comm(self, rows: slice | np.ndarray, cols: slice | np.ndarray) -> np.ndarray:
+        """comm of every (row ideal \\ column ideal) in a block (view positions, as a slice or an array).
 
         Columns whose product is zero across the block are dropped, and those
         whose row factor is 1 across it fold into a per-column vector, so the
@@ -305,32 +379,49 @@ class View:
             comm = r[vary].T @ l[vary]
             comm += send[rows, None]
         else:
-            comm = np.repeat(send[rows, None], cols.stop - cols.start, axis=1)
+            comm = np.repeat(send[rows, None], l.shape[1], axis=1)
         comm += inner[None, :]
         return comm
 
-    def _window(self, budget: Budget, least_outer: np.ndarray, first, last):
-        """Candidates [lo, hi) for rows first..last (ints or arrays): compute within the limit, at least ``low``.
+    def positions(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """The view positions (ascending) of the table indices where ``mask`` holds; None for all."""
+        if mask is None:
+            return None
+        return np.flatnonzero(mask if self.perm is None else mask[self.perm])
+
+    def _window(self, budget: Budget, least_outer: np.ndarray, first, last, cols: np.ndarray | None = None):
+        """Candidates [lo, hi) for rows first..last (view positions, ints or arrays): compute within the limit,
+        at least ``low``. With ``cols`` (ascending view positions) the window indexes into ``cols``.
 
         In cheapest order the staircase is monotone, so it also cuts the window's end.
         """
         key, eps = self.key, self.eps
-        lo = np.searchsorted(key, key[first] - budget.limit - eps, "left")
-        hi = np.searchsorted(key, key[last] - max(budget.low[self.k], 0.0) + eps, "right")
+        ckey = key if cols is None else key[cols]
+        lo = np.searchsorted(ckey, key[first] - budget.limit - eps, "left")
+        hi = np.searchsorted(ckey, key[last] - max(budget.low[self.k], 0.0) + eps, "right")
         if self.perm is None and budget.stairs is not None:
-            hi = np.minimum(hi, np.searchsorted(least_outer, self.cheapest[last], "right"))
+            least = least_outer if cols is None else least_outer[cols]
+            hi = np.minimum(hi, np.searchsorted(least, self.cheapest[last], "right"))
         return lo, hi
 
-    def entries(self, budget: Budget) -> float:
-        every = np.arange(len(self.key))
-        lo, hi = self._window(budget, budget.least_outer(self.k, self.cheapest), every, every)
+    def entries(self, budget: Budget, *, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> float:
+        """How many (row, candidate) entries scoring would visit (rows and cols as in :meth:`pairs`)."""
+        every = np.arange(len(self.key)) if rows is None else rows
+        lo, hi = self._window(budget, budget.least_outer(self.k, self.cheapest), every, every, cols)
         return float(np.maximum(hi - lo, 0).sum())
 
     def pairs(
-        self, budget: Budget, *, max_pairs: int, deadline: float, time_limit: float
+        self, budget: Budget, *, rows: np.ndarray | None = None, cols: np.ndarray | None = None, max_pairs: int,
+        deadline: float, time_limit: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(outer, inner, load) in table indices, sorted by outer, for pairs the budget allows."""
+        """(outer, inner, load) in table indices, sorted by outer, for pairs the budget allows.
+
+        ``rows`` (outer ideals) and ``cols`` (inner ideals) are ascending view
+        positions (:meth:`positions`) to score among; None means every ideal.
+        """
         size = len(self.key)
+        rpos = np.arange(size) if rows is None else rows
+        cpos = None if cols is None else cols
         limit, low = budget.limit, budget.low[self.k]
         least_outer = budget.least_outer(self.k, self.cheapest)
         mem_cap = self.kind.memory * (1 + 1e-12)
@@ -338,38 +429,43 @@ class View:
         empty_ok = low <= 0
         chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         total = 0
-        b0 = 0
-        while b0 < size:
-            lo, hi = self._window(budget, least_outer, b0, b0)
-            b1 = min(size, b0 + int(np.clip(BLOCK_ELEMS // max(int(hi - lo), 1), 8, BLOCK_ROWS)))
-            lo, hi = (int(x) for x in self._window(budget, least_outer, b0, b1 - 1))
+        b0, nrows = 0, len(rpos)
+        while b0 < nrows:
+            lo, hi = self._window(budget, least_outer, rpos[b0], rpos[b0], cpos)
+            b1 = min(nrows, b0 + int(np.clip(BLOCK_ELEMS // max(int(hi - lo), 1), 8, BLOCK_ROWS)))
+            lo, hi = (int(x) for x in self._window(budget, least_outer, rpos[b0], rpos[b1 - 1], cpos))
             if hi <= lo:
                 b0 = b1
                 continue
-            rows, cols = slice(b0, b1), slice(lo, hi)
-            load = self.compute[rows, None] - self.compute[None, cols]
+            # Slices (views, no copies) where the positions are contiguous.
+            row_at = slice(int(rpos[b0]), int(rpos[b1 - 1]) + 1) if rows is None else rpos[b0:b1]
+            col_at = slice(lo, hi) if cpos is None else cpos[lo:hi]
+            row_ids = np.arange(row_at.start, row_at.stop) if rows is None else row_at
+            col_ids = np.arange(lo, hi) if cpos is None else col_at
+            load = self.compute[row_at, None] - self.compute[None, col_at]
             # Where a row's own ideal is among the candidates: the empty-device pair.
-            at = np.arange(b0, b1) - lo
-            diag = (np.flatnonzero(at < hi - lo), at[at < hi - lo])
+            at = np.minimum(np.searchsorted(col_ids, row_ids), len(col_ids) - 1)
+            hit = col_ids[at] == row_ids
+            diag = (np.flatnonzero(hit), at[hit])
             if empty_ok:
                 load[diag] = 0.0
                 keep = load <= limit
             else:
                 keep = (load <= limit) & (load >= low)
             if budget.stairs is not None:
-                keep &= self.cheapest[rows, None] >= least_outer[None, cols]
-            inner_bits, outer_bits = self.bits[cols], self.bits[rows]
+                keep &= self.cheapest[row_at, None] >= least_outer[None, col_at]
+            inner_bits, outer_bits = self.bits[col_at], self.bits[row_at]
             # A word matters only where some candidate has a bit that some row lacks.
             union = np.bitwise_or.reduce(inner_bits, axis=0)
             common = np.bitwise_and.reduce(outer_bits, axis=0)
             for w in np.flatnonzero(union & ~common):
                 keep &= (inner_bits[None, :, w] & ~outer_bits[:, None, w]) == 0
             if self.any_banned:
-                keep &= self.banned[rows, None] == self.banned[None, cols]
+                keep &= self.banned[row_at, None] == self.banned[None, col_at]
             if not math.isinf(mem_cap):
-                keep &= (self.memory[rows, None] - self.memory[None, cols]) <= mem_cap
+                keep &= (self.memory[row_at, None] - self.memory[None, col_at]) <= mem_cap
             if self.communicates and keep.any():
-                comm = self._block_comm(rows, cols)
+                comm = self._block_comm(row_at, col_at)
                 if empty_ok:
                     # An empty device: rounding must not make it cost anything.
                     comm[diag] = 0.0
@@ -377,7 +473,7 @@ class View:
                 keep &= load <= limit
             ii, jj = np.nonzero(keep)
             if len(ii):
-                chunks.append((ii + b0, jj + lo, np.maximum(load[ii, jj], 0.0)))
+                chunks.append((row_ids[ii], col_ids[jj], np.maximum(load[ii, jj], 0.0)))
                 total += len(ii)
             if total > max_pairs:
                 raise DPTooLarge(f"too many (ideal, sub-ideal) pairs survive pruning among {size} ideals")
