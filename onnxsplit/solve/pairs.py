@@ -80,6 +80,7 @@ class Table:
         self.full = int(np.flatnonzero(self.size == prob.n)[0])
         self.columns = prob.columns
         self._comm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._ready = np.zeros(len(bits), dtype=bool)
 
     @staticmethod
     def _sums(prob: Problem, member: np.ndarray) -> dict[str, np.ndarray]:
@@ -103,48 +104,64 @@ class Table:
         (for a = 0, ``[0 < k_t(I) < e_t]``). Tensors are rows so that gathers
         copy whole rows.
         """
-        if self._comm is not None:
-            return self._comm
-        prob, size = self.prob, len(self.bits)
-        need = size * (2 * self.columns + 2) * 8
-        if need > MAX_ROW_BYTES:
-            raise DPTooLarge(f"{size} ideals need {need / 2**30:.1f} GiB of communication rows")
-        send, gift = np.empty(size), np.empty(size)
-        right, left = np.empty((self.columns, size)), np.empty((self.columns, size))
+        return self.comm_at(slice(0, len(self.bits)))
+
+    def comm_at(self, ideals: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The whole (send, gift, right, left) of :meth:`comm`, with at least the columns of ``ideals``
+        (table indices) filled: they are computed the first time they are asked for, as the pair
+        scoring often reads only a few of them."""
+        if self._comm is None:
+            size = len(self.bits)
+            need = size * (2 * self.columns + 2) * 8
+            if need > MAX_ROW_BYTES:
+                raise DPTooLarge(f"{size} ideals need {need / 2**30:.1f} GiB of communication rows")
+            # Allocated, not written: pages are only touched where columns are filled.
+            self._comm = (np.empty(size), np.empty(size), np.empty((self.columns, size)),
+                          np.empty((self.columns, size)))
+            self._ready = np.zeros(size, dtype=bool)
+        if isinstance(ideals, slice):
+            ideals = np.arange(len(self.bits))[ideals]
+        missing = ideals[~self._ready[ideals]]
+        if len(missing):
+            missing = np.unique(missing)
+            for start in range(0, len(missing), CHUNK):
+                self._fill(missing[start : start + CHUNK])
+            self._ready[missing] = True
+        return self._comm
+
+    def _fill(self, ideals: np.ndarray) -> None:
+        prob = self.prob
+        send, gift, right, left = self._comm
         cost = prob.cost[:, None]
-        for start in range(0, size, CHUNK):
-            ideals = slice(start, min(size, start + CHUNK))
-            member = np.ascontiguousarray(unpack_bits(self.bits[ideals], prob.n).T)
-            inside = np.zeros((len(prob.cost), member.shape[1]))  # k_t(X): readers of t inside X
-            for which, reader in prob.readers:
-                inside[which] += member[reader]
-            paid = member[prob.prod] * cost  # w_t [p_t in X]
-            send[ideals] = (paid * (inside < prob.fanout[:, None])).sum(axis=0)
-            # send(I \\ J) = send(I) - sum_t w[p in J] + sum_t w[p in J][k_t(I) > m_t - 1]: the middle
-            # term depends on J alone, the last shares its I-factor with the receive term a = m_t - 1.
-            gift[ideals] = -paid.sum(axis=0)
-            row = 0
-            for a, (which, _) in enumerate(prob.readers):
+        member = np.ascontiguousarray(unpack_bits(self.bits[ideals], prob.n).T)
+        inside = np.zeros((len(prob.cost), member.shape[1]))  # k_t(X): readers of t inside X
+        for which, reader in prob.readers:
+            inside[which] += member[reader]
+        paid = member[prob.prod] * cost  # w_t [p_t in X]
+        send[ideals] = (paid * (inside < prob.fanout[:, None])).sum(axis=0)
+        # send(I \\ J) = send(I) - sum_t w[p in J] + sum_t w[p in J][k_t(I) > m_t - 1]: the middle
+        # term depends on J alone, the last shares its I-factor with the receive term a = m_t - 1.
+        gift[ideals] = -paid.sum(axis=0)
+        row = 0
+        for a, (which, _) in enumerate(prob.readers):
+            rows = slice(row, row + len(which))
+            row += len(which)
+            # Two 0/1 terms that may both hold: add them as numbers, not booleans.
+            recv = (inside[which] == a).astype(np.float64)
+            left[rows, ideals] = paid[which] * (recv + (prob.fanout[which] == a + 1)[:, None])
+            right[rows, ideals] = inside[which] > a
+        if len(prob.gcost):
+            held = np.zeros((len(prob.gcost), member.shape[1]))  # k_t(X): endpoints of t inside X
+            for which, end in prob.gends:
+                held[which] += member[end]
+            for a, (which, _) in enumerate(prob.gends):
                 rows = slice(row, row + len(which))
                 row += len(which)
-                # Two 0/1 terms that may both hold: add them as numbers, not booleans.
-                recv = (inside[which] == a).astype(np.float64)
-                left[rows, ideals] = paid[which] * (recv + (prob.fanout[which] == a + 1)[:, None])
-                right[rows, ideals] = inside[which] > a
-            if len(prob.gcost):
-                held = np.zeros((len(prob.gcost), member.shape[1]))  # k_t(X): endpoints of t inside X
-                for which, end in prob.gends:
-                    held[which] += member[end]
-                for a, (which, _) in enumerate(prob.gends):
-                    rows = slice(row, row + len(which))
-                    row += len(which)
-                    left[rows, ideals] = prob.gcost[which, None] * (held[which] == a)
-                    if a == 0:
-                        right[rows, ideals] = (held[which] > 0) & (held[which] < prob.gsize[which, None])
-                    else:
-                        right[rows, ideals] = held[which] > a
-        self._comm = send, gift, right, left
-        return self._comm
+                left[rows, ideals] = prob.gcost[which, None] * (held[which] == a)
+                if a == 0:
+                    right[rows, ideals] = (held[which] > 0) & (held[which] < prob.gsize[which, None])
+                else:
+                    right[rows, ideals] = held[which] > a
 
 
 @dataclass(frozen=True)
@@ -179,67 +196,120 @@ def score_pairs(
     After: a chain whose every load is within ``bound`` uses only pairs
     returned (so the DP over them finds the best such chain); with ``bound``
     inf that is every pair. Which pairs can be on such a chain is decided
-    from both ends: with m devices, the p-th device's inner ideal is
-    reachable from {} by p-1 devices within the bound (``R_{p-1}``), and its
-    outer ideal reaches V with m-p devices (``B_{m-p}``). Pairs are scored
-    column set by column set (inner ideals newly in R) or row set by row set
-    (outer ideals newly in B), each step towards whichever end is cheaper
-    next, until the steps a (from {}) and b (from V) add up to m: then every
-    p has p <= a (its inner ideal is in R_{a-1}, all of whose pairs were
-    scored) or m - p <= b - 1 (likewise from V). Each pair is scored once.
+    from both ends. Say the devices before a device of kind k are s (a count
+    per kind, empty devices included) and those after it u = counts - s - e_k:
+    its inner ideal is reachable from {} by s within the bound (``R[s]``) and
+    its outer ideal reaches V by u (``B[u]``). Pairs of kind k are scored
+    column set by column set (inner ideals newly in some R[s] with s + e_k
+    within the counts) or row set by row set (outer ideals newly in some
+    such B[u]), a step from {} (all s with |s| = a) or from V (all u with
+    |u| = b) at a time, towards whichever end is cheaper next, until
+    a + b = m - 1 for m devices. Then the p-th device of every chain has
+    p <= a (its inner ideal's pairs were all scored), or m - p <= b - 1
+    (its outer ideal's were), or p = a + 1: the last step scores only the
+    pairs whose inner ideal is in some R[s] with |s| = a and whose outer
+    ideal is in some B[u] with |u| = b. Each pair is scored once.
     """
     limit = bound * (1 + _SLACK)
     views = [View(prob, tab, k) for k in range(len(prob.kinds))]
     budget = Budget(prob, limit)
-    size = len(tab.bits)
-    devices = sum(k.count for k in prob.kinds)
     if math.isinf(limit):
         # Without a bound every ideal is reachable by one device: score everything.
         return _score_all(views, budget, tab, max_pairs=max_pairs, deadline=deadline, time_limit=time_limit,
                           progress=progress)
-    reach = np.zeros(size, dtype=bool)  # R_a: reachable from {} by a devices
-    reach[tab.empty] = True
-    back = np.zeros(size, dtype=bool)  # B_b: reaches V by b devices
-    back[tab.full] = True
-    cols_done = np.zeros(size, dtype=bool)  # inner ideals whose pairs are all scored
-    rows_done = np.zeros(size, dtype=bool)  # outer ideals whose pairs are all scored
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    total, steps, guess = 0, 0, 0.0
-    while steps < devices:
-        cols_new, rows_new = reach & ~cols_done, back & ~rows_done
-        forward = {"rows": ~rows_done, "cols": cols_new}
-        backward = {"rows": rows_new, "cols": ~cols_done}
-        per_view = [(v.positions(forward["rows"]), v.positions(forward["cols"]),
-                     v.positions(backward["rows"]), v.positions(backward["cols"])) for v in views]
-        ahead = sum(v.entries(budget, rows=fr, cols=fc) for v, (fr, fc, _, _) in zip(views, per_view))
-        behind = sum(v.entries(budget, rows=br, cols=bc) for v, (_, _, br, bc) in zip(views, per_view))
-        is_forward = ahead <= behind
+    size, nkinds = len(tab.bits), len(prob.kinds)
+    counts = tuple(k.count for k in prob.kinds)
+    devices = sum(counts)
+    states = list(itertools.product(*(range(c + 1) for c in counts)))
+    unit = [tuple(int(i == k) for i in range(nkinds)) for k in range(nkinds)]
+
+    def plus(s: tuple[int, ...], k: int, sign: int = 1) -> tuple[int, ...] | None:
+        t = tuple(x + sign * e for x, e in zip(s, unit[k]))
+        return t if all(0 <= x <= c for x, c in zip(t, counts)) else None
+
+    none = np.zeros(size, dtype=bool)
+    reach = {state: none for state in states}  # R[s]
+    back = {state: none for state in states}  # B[u]
+    reach[states[0]] = none.copy()
+    reach[states[0]][tab.empty] = True
+    back[states[0]] = none.copy()
+    back[states[0]][tab.full] = True
+    cols_done = [none.copy() for _ in views]  # per kind, inner ideals whose pairs are all scored
+    rows_done = [none.copy() for _ in views]  # per kind, outer ideals whose pairs are all scored
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in views]
+    total, guess, ahead, behind = 0, 0.0, 0, 0
+
+    def frontier(sets: dict, level: int, k: int, done: np.ndarray) -> np.ndarray:
+        out = none.copy()
+        for state in states:
+            if sum(state) == level and plus(state, k) is not None:
+                out |= sets[state]
+        return out & ~done
+
+    while True:
+        forward = [(views[k].positions(~rows_done[k]), views[k].positions(frontier(reach, ahead, k, cols_done[k])))
+                   for k in range(nkinds)]
+        backward = [(views[k].positions(frontier(back, behind, k, rows_done[k])), views[k].positions(~cols_done[k]))
+                    for k in range(nkinds)]
+        if ahead + behind == devices - 1:
+            # The device between: inner ideal from the last R[s], outer from the last B[u].
+            join = [(views[k].positions(frontier(back, behind, k, rows_done[k])),
+                     views[k].positions(frontier(reach, ahead, k, cols_done[k]))) for k in range(nkinds)]
+            guess += sum(v.entries(budget, rows=r, cols=c) for v, (r, c) in zip(views, join)) * _SECONDS_PER_ENTRY
+            if guess * (1 + tab.columns / 128) > time_limit:
+                raise DPTooLarge(f"scoring pairs among {size} ideals would take about {guess:.0f} s"
+                                 f" (limit {time_limit:g} s)")
+            for k, (rows, cols) in enumerate(join):
+                if len(rows) and len(cols):
+                    got = views[k].pairs(budget, rows=rows, cols=cols, max_pairs=max_pairs - total, deadline=deadline,
+                                         time_limit=time_limit)
+                    total += len(got[0])
+                    parts[k].append(got)
+            report_progress(progress, "pairs", 1.0)
+            break
+        cost = [sum(v.entries(budget, rows=r, cols=c) for v, (r, c) in zip(views, side))
+                for side in (forward, backward)]
+        is_forward = cost[0] <= cost[1]
         # Refuse rather than time out: entries scored ~ sum of window widths.
-        guess += min(ahead, behind) * _SECONDS_PER_ENTRY * (1 + tab.columns / 128)
-        if guess > time_limit:
+        guess += min(cost) * _SECONDS_PER_ENTRY
+        if guess * (1 + tab.columns / 128) > time_limit:
             raise DPTooLarge(f"scoring pairs among {size} ideals would take about {guess:.0f} s (limit {time_limit:g} s)")
-        found = []
-        for k, (view, (fr, fc, br, bc)) in enumerate(zip(views, per_view)):
-            rows, cols = (fr, fc) if is_forward else (br, bc)
-            if not len(rows) or not len(cols):
+        for k, (rows, cols) in enumerate(forward if is_forward else backward):
+            if len(rows) and len(cols):
+                got = views[k].pairs(budget, rows=rows, cols=cols, max_pairs=max_pairs - total, deadline=deadline,
+                                     time_limit=time_limit)
+                total += len(got[0])
+                parts[k].append(got)
+            if is_forward:
+                cols_done[k] |= frontier(reach, ahead, k, cols_done[k])
+            else:
+                rows_done[k] |= frontier(back, behind, k, rows_done[k])
+        # One device more from the side just scored: every pair from R[s] (or into B[u]) of kind k is scored now.
+        kind_pairs = [(np.concatenate([o for o, _, _ in ps]), np.concatenate([i for _, i, _ in ps])) if ps else None
+                      for ps in parts]
+        level = ahead + 1 if is_forward else behind + 1
+        sets = reach if is_forward else back
+        for state in states:
+            if sum(state) != level:
                 continue
-            outer, inner, load = view.pairs(budget, rows=rows, cols=cols, max_pairs=max_pairs - total,
-                                            deadline=deadline, time_limit=time_limit)
-            total += len(outer)
-            found.append((outer, inner, np.full(len(outer), k, dtype=np.int64), load))
-        parts.extend(found)
-        outer = np.concatenate([np.zeros(0, dtype=np.int64)] + [p[0] for p in parts])
-        inner = np.concatenate([np.zeros(0, dtype=np.int64)] + [p[1] for p in parts])
-        # One device more, on either side, over every pair scored so far (all pairs of R_a's or B_b's ideals).
+            got = none.copy()
+            for k in range(nkinds):
+                prev = plus(state, k, -1)
+                if prev is None or kind_pairs[k] is None:
+                    continue
+                outer, inner = kind_pairs[k]
+                if is_forward:
+                    got[outer[reach[prev][inner]]] = True
+                else:
+                    got[inner[back[prev][outer]]] = True
+            sets[state] = got
         if is_forward:
-            cols_done |= cols_new
-            reach[outer[reach[inner]]] = True
+            ahead += 1
         else:
-            rows_done |= rows_new
-            back[inner[back[outer]]] = True
-        steps += 1
-        report_progress(progress, "pairs", steps / devices)
-    return _collect(parts, several=True)
+            behind += 1
+        report_progress(progress, "pairs", (ahead + behind) / devices)
+    return _collect([(o, i, np.full(len(o), k, dtype=np.int64), load) for k, ps in enumerate(parts)
+                     for o, i, load in ps], several=True)
 
 
 def _score_all(views: list[View], budget: Budget, tab: Table, *, max_pairs: int, deadline: float, time_limit: float,
@@ -347,19 +417,9 @@ class View:
         self.any_banned = bool(self.kind.banned.any())
         self.memory = take(tab.memory)
         self.cheapest = take(tab.cheapest)
-        self.comm: tuple[np.ndarray, ...] | None = None
         self.communicates = self.kind.communicates and tab.columns > 0
         self._tab = tab
         self.eps = 1e-9 * max(1.0, float(self.key[-1]))
-
-    def _comm_rows(self) -> tuple[np.ndarray, ...]:
-        if self.comm is None:
-            send, gift, right, left = self._tab.comm()
-            if self.perm is None:
-                self.comm = send, gift, right, left
-            else:
-                self.comm = send[self.perm], gift[self.perm], right[:, self.perm], left[:, self.perm]
-        return self.comm
 
     def _block_comm(self, rows: slice | np.ndarray, cols: slice | np.ndarray) -> np.ndarray:
         """comm of every (row ideal \\ column ideal) in a block (view positions, as a slice or an array).
@@ -368,7 +428,10 @@ class View:
         whose row factor is 1 across it fold into a per-column vector, so the
         matrix product only spans tensors near the block's frontier.
         """
-        send, gift, right, left = self._comm_rows()
+        if self.perm is not None:
+            rows, cols = self.perm[rows], self.perm[cols]
+        send, gift, right, left = self._tab.comm_at(rows)
+        self._tab.comm_at(cols)
         r, l = right[:, rows], left[:, cols]
         r_any, r_all = r.any(axis=1), r.all(axis=1)
         live = r_any & (l != 0).any(axis=1)
