@@ -32,8 +32,10 @@ not all of E, ``[0 < k(D) < e]``, and with k(D) = k(I) - k(J) that is
 J-only times one I-only factor per term, so these tensors only add rows to
 right and left.
 
-Per device kind, ideals are sorted by that kind's compute, so a block of
-ideals only meets a window of candidates (compute alone must fit),
+Only pairs that can be a device of a chain within the bound are scored
+(:func:`score_pairs`, from both ends of the chain). Per device kind, ideals
+are sorted by that kind's compute, so a block of ideals only meets a window
+of candidates (compute alone must fit),
 subset-tested as uint64 bitsets, with the matrix product only over tensors
 that vary in the block; the DP layers are one gather and one segmented
 minimum over the pairs.
