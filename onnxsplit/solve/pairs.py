@@ -125,7 +125,10 @@ class Table:
             ideals = np.arange(len(self.bits))[ideals]
         missing = ideals[~self._ready[ideals]]
         if len(missing):
-            missing = np.unique(missing)
+            # Sorted and each once (np.unique would import numpy.ma, which the command line avoids).
+            once = np.zeros(len(self.bits), dtype=bool)
+            once[missing] = True
+            missing = np.flatnonzero(once)
             for start in range(0, len(missing), CHUNK):
                 self._fill(missing[start : start + CHUNK])
             self._ready[missing] = True
