@@ -72,12 +72,17 @@ def parse_paper(doc: dict[str, Any], *, where: str = "graph") -> tuple[CostGraph
     out: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for u, v, c in edges:
         out[u].append((v, c))
+    # Largest edge size per source, in one pass (a scan per source is quadratic on big graphs).
+    biggest: dict[int, float] = {}
+    for e in doc["edges"] if edge_sizes else ():
+        u, size = int(e["sourceId"]), float(e.get("size", 0))
+        biggest[u] = max(biggest[u], size) if u in biggest else size
     tensors = []
     for u in sorted(out, key=index.__getitem__):
         consumers = tuple(sorted({index[v] for v, _ in out[u]}))
         # The format promises one cost per source; the max is the safe reading if a file breaks that.
         cost = max(c for _, c in out[u])
-        nbytes = max(float(e.get("size", 0)) for e in doc["edges"] if int(e["sourceId"]) == u) if edge_sizes else 0
+        nbytes = biggest[u] if edge_sizes else 0
         tensors.append(Tensor(name=str(u), producer=index[u], consumers=consumers, cost=cost, nbytes=nbytes))
     classes: dict[Any, list[int]] = defaultdict(list)
     for nid in order:

@@ -18,14 +18,18 @@ and the chain may order kinds freely, so counts per kind are the whole state.
 Speed comes from (1) :mod:`onnxsplit.solve.coarsen`, which shrinks the ideal
 lattice by orders of magnitude without changing the optimum; (2) a first
 plan from the same DP over the prefixes of a few topological orders, so
-pairs whose load exceeds its value are never stored; (3) per device kind,
-ideals sorted by that kind's compute, so a block of ideals only meets a
-window of candidates (compute alone must fit), subset-tested as uint64
-bitsets, with the matrix product only over tensors that vary in the block;
-(4) the DP layers as one gather and one segmented minimum over the pairs;
-(5) when the whole lattice or its pairs are too many, :mod:`onnxsplit.solve.bounded`
-enumerates only the ideals that can lie on a chain within the first plan's
-value (or just below it, or a bisected bound), which keeps the optimum.
+pairs whose load exceeds its value are never stored; (3) only pairs that
+can be a device of a chain within that value are scored: their inner ideal
+is reachable from {} and their outer ideal reaches V with the devices left,
+worked out from both ends (:func:`onnxsplit.solve.pairs.score_pairs`);
+(4) per device kind, ideals sorted by that kind's compute, so a block of
+ideals only meets a window of candidates (compute alone must fit),
+subset-tested as uint64 bitsets, with the matrix product only over tensors
+that vary in the block; (5) the DP layers as one gather and one segmented
+minimum over the pairs; (6) when the whole lattice or its pairs are too
+many, :mod:`onnxsplit.solve.bounded` enumerates only the ideals that can lie
+on a chain within the first plan's value (or just below it, or a bisected
+bound), which keeps the optimum.
 """
 
 from __future__ import annotations
