@@ -64,6 +64,10 @@ __all__ = ["DPBoundTooLow", "DPStats", "DPTimeout", "DPTooLarge", "Progress", "s
 log = logging.getLogger(__name__)
 
 
+# Above this many coarse nodes a lattice too large in full is not searched within a bound either.
+BOUNDED_SEARCH_NODES = 4_096
+
+
 class DPBoundTooLow(InfeasibleError):
     """No contiguous plan reaches the caller's ``upper_bound``."""
 
@@ -197,6 +201,9 @@ def solve_dp_with_stats(
     except DPTimeout:
         raise
     except DPTooLarge as exc:
+        if cg.n > BOUNDED_SEARCH_NODES:
+            # The prefix chains alone are n x n: past this size the search costs more than it can prove.
+            raise DPTooLarge(str(exc), lower_bound=simple_bound(prob)) from exc
         # Too many ideals or pairs in all: search only those that can lie on a chain within a bound.
         heuristic, first = _first_plan(prob, cg, precedence, limits)
         bound = min(heuristic, upper_bound)

@@ -32,6 +32,8 @@ Progress = Callable[[str, float], None]
 # Ideals per chunk when building per-ideal rows, and the most memory those rows may take.
 CHUNK = 8192
 MAX_ROW_BYTES = 2 * 2**30
+# The most memory the bitsets of all ideals may take (a deep graph's rows are wide).
+MAX_IDEAL_BYTES = 256 * 2**20
 
 
 class DPTooLarge(OnnxSplitError):
@@ -140,12 +142,22 @@ class Problem:
 
 
 def _slots(lists: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Slot j: (indices of the lists longer than j, their j-th entries)."""
-    out = []
-    for j in range(max((len(x) for x in lists), default=0)):
-        which = [i for i, x in enumerate(lists) if len(x) > j]
-        out.append((np.array(which, dtype=np.int64), np.array([lists[i][j] for i in which], dtype=np.int64)))
-    return out
+    """Slot j: (indices of the lists longer than j, their j-th entries).
+
+    One pass over the entries (a graph with one node read by thousands must
+    not cost slots x lists): entries are sorted by slot, then by list index.
+    """
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    total = int(lengths.sum())
+    if total == 0:
+        return []
+    owner = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
+    slot = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    entry = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=total)
+    order = np.lexsort((owner, slot))
+    owner, slot, entry = owner[order], slot[order], entry[order]
+    bounds = np.searchsorted(slot, np.arange(int(lengths.max()) + 1))
+    return [(owner[a:b], entry[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def pack_bits(rows: np.ndarray) -> np.ndarray:
@@ -181,9 +193,12 @@ def enumerate_ideals(
     masks = prob.pred_masks
     cap = 1024
     bits = np.zeros((cap, prob.words), dtype="<u8")
+    row_bytes = prob.words * 8
     count = 1
     for v in range(prob.n):
-        cur = bits[:count]
+        # Words past v's are still zero in every row: copy only the ones that can be set.
+        used = (v >> 6) + 1
+        cur = bits[:count, :used]
         if masks[v]:
             ok = None
             for w, m in masks[v]:
@@ -198,12 +213,17 @@ def enumerate_ideals(
                 f"the coarse graph has more than {max_ideals} ideals (passed it at node {v + 1} of {prob.n});"
                 " use a solver that does not enumerate ideals"
             )
+        if (count + grown) * row_bytes > MAX_IDEAL_BYTES:
+            raise DPTooLarge(
+                f"the ideals of a {prob.n}-node coarse graph need more than {MAX_IDEAL_BYTES / 2**20:.0f} MiB"
+                f" (passed it at node {v + 1}); use a solver that does not enumerate ideals"
+            )
         if count + grown > cap:
             cap = max(2 * cap, count + grown)
             bigger = np.zeros((cap, prob.words), dtype="<u8")
-            bigger[:count] = cur
+            bigger[:count] = bits[:count]
             bits = bigger
-        bits[count : count + grown] = src
+        bits[count : count + grown, :used] = src
         bits[count : count + grown, v >> 6] |= np.uint64(1 << (v & 63))
         count += grown
         if v % 32 == 31:

@@ -72,13 +72,17 @@ def _proven(plan: Plan, bound: float, note: str) -> Plan:
     return _with_note(replace(plan, lower_bound=min(max(plan.lower_bound, bound), plan.value)), note)
 
 
+# Graphs up to this many nodes get the exact search over stage cores when the DP's lattice is too big.
+CORED_EXACT_NODES = 5_000
+
+
 def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -> Plan:
     """The exact DP; when it cannot finish, the best plan seen with the best bound proven on the way.
 
     Every bound gathered is a proof for the contiguous problem: the DP's
     bounded search, the simple bound, and the DP on the graph with light
     nodes made free. A plan that meets the best of them is returned as
-    optimal. Then the DP over stage cores
+    optimal. Then, on graphs of at most :data:`CORED_EXACT_NODES` nodes, the DP over stage cores
     (:func:`~onnxsplit.solve.window.solve_over_cores`), for trial bounds
     between that bound and the best plan, either returns the optimum or
     raises the bound. Otherwise the relaxed DP's plan (or the DP's own first plan,
@@ -109,10 +113,13 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
     if best is None:
         best = _heuristic(graph, devices)
     # Stage cores for bounds between the proven one and the best plan: the optimum, or a higher bound.
-    cored = solve_over_cores(graph, devices, lower_bound=bound, upper_bound=best.value, time_limit=left() / 2)
-    if cored.plan is not None and cored.plan.value <= best.value:
-        return _proven(cored.plan, cored.lower_bound, f"exact DP too large ({reason}); solved over stage cores")
-    bound = max(bound, cored.lower_bound)
+    # Their minimum cuts are a Python max-flow per node: on graphs past CORED_EXACT_NODES they cost
+    # more than the relaxed plan's small gap is worth.
+    if graph.n <= CORED_EXACT_NODES:
+        cored = solve_over_cores(graph, devices, lower_bound=bound, upper_bound=best.value, time_limit=left() / 2)
+        if cored.plan is not None and cored.plan.value <= best.value:
+            return _proven(cored.plan, cored.lower_bound, f"exact DP too large ({reason}); solved over stage cores")
+        bound = max(bound, cored.lower_bound)
     if bound >= best.value * (1 - _CLOSED):
         return _proven(best, bound, f"exact DP too large ({reason}); stage cores prove this plan optimal")
     if relaxed is not None:
