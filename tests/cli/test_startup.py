@@ -47,8 +47,8 @@ def _run(argv: list[str]) -> tuple[int, set[str]]:
 
 
 def _reference_graphs() -> list:
-    """Every cost graph of the reference folder (expert split files are not graphs); training graphs, whose DP
-    takes seconds, marked slow."""
+    """Every cost graph of the reference folder (expert split files are not graphs); the training graphs, eight
+    more processes that each solve a larger graph, marked slow."""
     names = sorted(p.name for p in REFERENCE.glob("*.json")
                    if not p.name.startswith("expert_") and p.name != "expected.json")
     return [pytest.param(name, marks=[pytest.mark.slow] if "_training" in name else []) for name in names]
