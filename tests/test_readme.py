@@ -28,4 +28,7 @@ def test_quick_start_splits_and_validates(tmp_path, monkeypatch, capsys):
     for words in commands:
         words = [str(tmp_path / w) if w.startswith("out/") else w for w in words]
         assert main(words) == 0, capsys.readouterr()
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "PASSED"
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "PASSED"
+    # A newcomer's first plan is proven optimal.
+    assert "gap 0.0%" in out, out

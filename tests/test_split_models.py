@@ -37,7 +37,8 @@ def _chunk_plan(path, model_path, k):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_split_validates(name, devices, tmp_path):
     model_path, shapes = CASES[name]
-    result, report = split_and_check(model_path, tmp_path / "solved", devices, input_shapes=shapes)
+    # The split's correctness is under test here, not the solver's proof: a short limit keeps the fallbacks short.
+    result, report = split_and_check(model_path, tmp_path / "solved", devices, input_shapes=shapes, time_limit=10)
     assert report.passed, report.as_dict()
     assert 1 <= len(result.manifest.stages) <= devices
 

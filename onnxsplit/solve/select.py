@@ -74,6 +74,12 @@ def _proven(plan: Plan, bound: float, note: str) -> Plan:
 
 # Graphs up to this many nodes get the exact search over stage cores when the DP's lattice is too big.
 CORED_EXACT_NODES = 5_000
+# Graphs up to this many nodes whose best plan is still more than this gap from the best bound go on to the
+# ideal-chain integer program, warm-started, for the rest of the time limit.
+IP_PROOF_NODES = 1_000
+IP_PROOF_GAP = 0.01
+# ...for at most this many seconds of the time limit when the relaxed plan is already in hand.
+IP_PROOF_SECONDS = 40.0
 
 
 def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -> Plan:
@@ -86,8 +92,11 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
     (:func:`~onnxsplit.solve.window.solve_over_cores`), for trial bounds
     between that bound and the best plan, either returns the optimum or
     raises the bound. Otherwise the relaxed DP's plan (or the DP's own first plan,
-    when better) is returned with that bound; without a relaxed plan, the
-    ideal-chain integer program starts from the best plan and the bound.
+    when better) is returned with that bound, unless the graph is small
+    (:data:`IP_PROOF_NODES`) and the gap above :data:`IP_PROOF_GAP`, or there is
+    no relaxed plan: then the ideal-chain integer program starts from the best
+    plan and the bound, for the rest of the time limit (at most
+    :data:`IP_PROOF_SECONDS` when a relaxed plan is in hand).
     """
     from onnxsplit.solve.dp import DPTooLarge, solve_dp
     from onnxsplit.solve.window import solve_over_cores
@@ -122,19 +131,26 @@ def _auto_throughput(graph: CostGraph, devices: Devices, *, time_limit: float) -
         bound = max(bound, cored.lower_bound)
     if bound >= best.value * (1 - _CLOSED):
         return _proven(best, bound, f"exact DP too large ({reason}); stage cores prove this plan optimal")
-    if relaxed is not None:
+    # A small graph is worth the integer program's proof (the README's quick start: about 20 s to prove
+    # what the relaxed DP finds in 3); a big one or a small gap keeps the relaxed answer.
+    worth_proving = graph.n <= IP_PROOF_NODES and best.value > 0 and (best.value - bound) / best.value > IP_PROOF_GAP
+    if relaxed is not None and not worth_proving:
         how = "solved with light nodes relaxed" if best is relaxed else "the DP's first plan beat the relaxed DP's"
         return _proven(best, bound, f"exact DP too large ({reason}); {how}; lower bound: the best of the"
                                     " bounded ideal search, the simple and min-cut bounds, and the exact DP with"
                                     " light nodes made free (no compute, memory or hand-off cost), a relaxation")
-    log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
+    if relaxed is None:
+        log.warning("exact DP could not run (%s); falling back to the integer program with a time limit", reason)
+    else:
+        log.info("proving the relaxed plan with the integer program: %s", reason)
     heuristic = _heuristic(graph, devices)
     best = heuristic if heuristic.value < best.value else best
     best = _proven(best, bound, f"DP fallback: {reason}")
     try:
         from onnxsplit.solve.ip import solve_ip
 
-        plan = solve_ip(graph, devices, contiguous=True, time_limit=left(), warm_start=best, lower_bound=bound)
+        budget = left() if relaxed is None else min(left(), IP_PROOF_SECONDS)
+        plan = solve_ip(graph, devices, contiguous=True, time_limit=budget, warm_start=best, lower_bound=bound)
         return _proven(plan, bound, f"DP fallback: {reason}") if plan.value <= best.value else best
     except (OnnxSplitError, ImportError) as exc:
         log.warning("integer program fallback failed (%s); returning the %s plan", exc, best.solver)

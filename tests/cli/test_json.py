@@ -35,7 +35,7 @@ def split_dir(tmp_path_factory):
 
 def test_split(tmp_path, capsys):
     doc = _json(["split", MODELS / "transformer.onnx", "--devices", 8, "--input-shape", "input_ids:4x32",
-                 "--costs", "estimate", "-o", tmp_path / "out", "--json"], capsys)
+                 "--costs", "estimate", "--time-limit", 5, "-o", tmp_path / "out", "--json"], capsys)
     assert doc["outdir"] == str(tmp_path / "out") and doc["solver"] and len(doc["stages"]) >= 2
     assert sum(s["bottleneck"] for s in doc["stages"]) == 1
     assert max(s["predicted_ms"] for s in doc["stages"]) == pytest.approx(doc["value"])
