@@ -29,6 +29,7 @@ from collections import deque
 import numpy as np
 
 from onnxsplit.solve.lattice import Problem
+from onnxsplit.solve.maxflow import FlowNetwork
 
 # Most max-flow runs per bound, and seconds: the heaviest candidates come first, so stopping early only weakens it.
 MAX_FLOWS = 400
@@ -37,67 +38,6 @@ MAX_SECONDS = 0.5
 NEAR = 400
 # Relative margin for the rounding of a flow's value (sums of at most a few thousand terms).
 _ROUNDING = 1e-12
-
-
-class _Flow:
-    """Dinic's max flow on a small graph with float capacities."""
-
-    def __init__(self, size: int) -> None:
-        self.head: list[list[int]] = [[] for _ in range(size)]
-        self.to: list[int] = []
-        self.cap: list[float] = []
-
-    def edge(self, a: int, b: int, cap: float) -> None:
-        self.head[a].append(len(self.to))
-        self.to.append(b)
-        self.cap.append(cap)
-        self.head[b].append(len(self.to))
-        self.to.append(a)
-        self.cap.append(0.0)
-
-    def max_flow(self, s: int, t: int, eps: float) -> float:
-        total = 0.0
-        head, to, cap = self.head, self.to, self.cap
-        while True:
-            level = [-1] * len(head)
-            level[s] = 0
-            queue = deque([s])
-            while queue:
-                a = queue.popleft()
-                for e in head[a]:
-                    if cap[e] > eps and level[to[e]] < 0:
-                        level[to[e]] = level[a] + 1
-                        queue.append(to[e])
-            if level[t] < 0:
-                return total
-            it = [0] * len(head)
-            path: list[int] = []
-            a = s
-            while True:
-                if a == t:
-                    amount = min(cap[e] for e in path)
-                    for e in path:
-                        cap[e] -= amount
-                        cap[e ^ 1] += amount
-                    total += amount
-                    path.clear()
-                    a = s
-                    continue
-                edges = head[a]
-                while it[a] < len(edges):
-                    e = edges[it[a]]
-                    if cap[e] > eps and level[to[e]] == level[a] + 1:
-                        break
-                    it[a] += 1
-                if it[a] < len(edges):
-                    path.append(edges[it[a]])
-                    a = to[edges[it[a]]]
-                elif a == s:
-                    break  # no path left in this level graph
-                else:
-                    level[a] = -1  # a dead end: never enter it again in this phase
-                    a = to[path.pop() ^ 1]
-                    it[a] += 1
 
 
 def _tensor_members(prob: Problem) -> list[tuple[int, ...]]:
@@ -144,17 +84,17 @@ def _least_device(prob: Problem, members: list[tuple[int, ...]], touching: list[
     source, sink = n + 2 * nt, n + 2 * nt + 1
     finite = float(np.where(np.isfinite(hold[near]), hold[near], 0.0).sum() + prob.cost[tensors].sum())
     big = 2.0 * finite + 1.0
-    flow = _Flow(n + 2 * nt + 2)
-    flow.edge(source, 0, big)
+    flow = FlowNetwork(n + 2 * nt + 2)
+    flow.add(source, 0, big)
     for i, w in enumerate(near[1:], 1):
-        flow.edge(i, sink, float(hold[w]) if math.isfinite(hold[w]) else big)
+        flow.add(i, sink, float(hold[w]) if math.isfinite(hold[w]) else big)
     for j, t in enumerate(tensors):
         a, b = n + 2 * j, n + 2 * j + 1
         for w in members[t]:
-            flow.edge(local[w], a, big)
-            flow.edge(b, local[w], big)
-        flow.edge(a, b, float(prob.cost[t]))
-    cut = flow.max_flow(source, sink, eps=1e-15 * max(1.0, finite))
+            flow.add(local[w], a, big)
+            flow.add(b, local[w], big)
+        flow.add(a, b, float(prob.cost[t]))
+    cut, _ = flow.max_flow(source, sink)
     return float(hold[v]) + cut * (1 - _ROUNDING)
 
 
