@@ -235,19 +235,7 @@ def solve_dp_with_stats(
             log.warning("dp: pruning lost every plan; returning the bound's plan")
         value, chain = heuristic, first
 
-    stage_coarse = np.full(cg.n, -1, dtype=np.int64)
-    expanded = devices.expanded()
-    next_device = {k.name: next(i for i, e in enumerate(expanded) if e.name == k.name) for k in prob.kinds}
-    stage_device = []
-    for s, (inner, outer, k) in enumerate(chain):
-        held = unpack_bits((outer & ~inner)[None, :], cg.n)[0] > 0
-        stage_coarse[held] = s
-        name = prob.kinds[k].name
-        stage_device.append(next_device[name])
-        next_device[name] += 1
-    if (stage_coarse < 0).any():  # pragma: no cover - a chain from {} to V covers every node
-        raise AssertionError("DP chain misses nodes")
-    stage_of = coarse.expand([int(s) for s in stage_coarse])
+    stage_of, stage_device = _chain_placement(devices, coarse, prob, chain)
     seconds = time.monotonic() - began
     notes = (f"dp: {graph.n} nodes, {cg.n} after coarsening, {nideals} ideals, {npairs} pairs, {seconds:.3f} s",)
     if graph.training:
@@ -288,17 +276,26 @@ def solve_dp(
     return plan
 
 
-def _chain_plan(graph: CostGraph, devices: Devices, coarse: Coarsened, prob: Problem, chain, *,
-                lower_bound: float) -> Plan:
-    """The plan of a chain of coarse ideals ((inner, outer, kind) per device), scored on ``graph``."""
+def _chain_placement(devices: Devices, coarse: Coarsened, prob: Problem, chain) -> tuple[tuple[int, ...], list[int]]:
+    """Node -> stage on the original graph and stage -> device of a chain of coarse ideals ((inner, outer, kind)
+    per device); devices of a kind are taken in order."""
+    n = coarse.graph.n
     expanded = devices.expanded()
     next_device = {k.name: next(i for i, e in enumerate(expanded) if e.name == k.name) for k in prob.kinds}
-    stage_coarse = np.full(coarse.graph.n, -1, dtype=np.int64)
+    stage_coarse = np.full(n, -1, dtype=np.int64)
     stage_device = []
     for s, (inner, outer, k) in enumerate(chain):
-        stage_coarse[unpack_bits((outer & ~inner)[None, :], coarse.graph.n)[0] > 0] = s
+        stage_coarse[unpack_bits((outer & ~inner)[None, :], n)[0] > 0] = s
         stage_device.append(next_device[prob.kinds[k].name])
         next_device[prob.kinds[k].name] += 1
-    stage_of = coarse.expand([int(s) for s in stage_coarse])
+    if (stage_coarse < 0).any():  # pragma: no cover - a chain from {} to V covers every node
+        raise AssertionError("DP chain misses nodes")
+    return coarse.expand([int(s) for s in stage_coarse]), stage_device
+
+
+def _chain_plan(graph: CostGraph, devices: Devices, coarse: Coarsened, prob: Problem, chain, *,
+                lower_bound: float) -> Plan:
+    """The plan of a chain of coarse ideals, scored on ``graph``."""
+    stage_of, stage_device = _chain_placement(devices, coarse, prob, chain)
     return make_plan(graph, devices, stage_of, stage_device, solver=Solver.DP, lower_bound=lower_bound,
                      notes=("dp: the best chain of prefixes of a few topological orders",))
