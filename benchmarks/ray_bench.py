@@ -92,6 +92,25 @@ def hop_costs(work: Path, *, engines: tuple[str, ...] = ENGINES, requests: int =
     return {e: latency(two, e) - latency(one, e) for e in engines}
 
 
+def hop_table(hops: dict[str, float], *, label: str) -> Table:
+    """The table of one-hop costs (µs per hop, by engine or way) that the Ray and serving benchmarks print."""
+    table = Table(title="one hop (stage to stage), median over sequential requests")
+    table.add_column(label)
+    table.add_column("µs per hop", justify="right")
+    for name, us in hops.items():
+        table.add_row(name, f"{us:.0f}")
+    return table
+
+
+def comma_choices(parser: argparse.ArgumentParser, text: str, known, what: str) -> tuple[str, ...]:
+    """A comma-separated list of names, each one of ``known``; an unknown one is the parser's error."""
+    given = tuple(x for x in text.split(",") if x)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        parser.error(f"unknown {what}(s): {', '.join(unknown)}")
+    return given
+
+
 def start_local_ray():
     """A local Ray instance on 127.0.0.1 for this process (the engines then use it rather than start their own)."""
     import ray
@@ -140,12 +159,7 @@ def main() -> None:
         if not args.hop_only:
             console.print(table)
         hops = hop_costs(work, engines=engines)
-    hop_table = Table(title="one hop (stage to stage), median over sequential requests")
-    hop_table.add_column("engine")
-    hop_table.add_column("µs per hop", justify="right")
-    for engine, us in hops.items():
-        hop_table.add_row(engine, f"{us:.0f}")
-    console.print(hop_table)
+    console.print(hop_table(hops, label="engine"))
     console.print(f"load average after: {os.getloadavg()}")
     if "ray" in engines:
         ray.shutdown()

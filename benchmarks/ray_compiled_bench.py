@@ -43,7 +43,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is
 os.environ.setdefault("RAY_CGRAPH_teardown_timeout", "5")
 
 import numpy as np
-from ray_bench import MODELS, median_latency_us, start_local_ray, tiny_splits
+from ray_bench import MODELS, comma_choices, hop_table, median_latency_us, start_local_ray, tiny_splits
 from rich.console import Console
 from rich.table import Table
 
@@ -205,12 +205,8 @@ def main() -> None:
     ap.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated, of: {', '.join(WAYS)}")
     ap.add_argument("--no-hop", action="store_true", help="skip the hop measurement")
     args = ap.parse_args()
-    models = [m for m in args.models.split(",") if m]
-    ways = tuple(w for w in args.ways.split(",") if w)
-    for given, known, what in ((models, MODELS, "model"), (ways, WAYS, "way")):
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            ap.error(f"unknown {what}(s): {', '.join(unknown)}")
+    models = list(comma_choices(ap, args.models, MODELS, "model"))
+    ways = comma_choices(ap, args.ways, WAYS, "way")
 
     import ray
 
@@ -236,13 +232,7 @@ def main() -> None:
                               f"{m.p50_ms:.2f}", f"{m.p99_ms:.2f}", "yes" if same else "NO")
         console.print(table)
         if not args.no_hop:
-            hops = hop_costs(work, ways)
-            hop_table = Table(title="one hop (stage to stage), median over sequential requests")
-            hop_table.add_column("way")
-            hop_table.add_column("µs per hop", justify="right")
-            for way, us in hops.items():
-                hop_table.add_row(way, f"{us:.0f}")
-            console.print(hop_table)
+            console.print(hop_table(hop_costs(work, ways), label="way"))
     console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ray.shutdown()
 

@@ -59,7 +59,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is
 
 import numpy as np
 import onnx
-from ray_bench import hop_costs, start_local_ray
+from ray_bench import comma_choices, hop_costs, hop_table, start_local_ray
 from rich.console import Console
 from rich.table import Table
 
@@ -290,12 +290,8 @@ def main() -> None:
     parser.add_argument("--batch-timeout-us", type=float, default=2000.0, help="dynamic batching's wait")
     parser.add_argument("--json", default=None, help="also write every row (and the hops) to this JSON file")
     args = parser.parse_args()
-    models = [m for m in args.models.split(",") if m]
-    ways = tuple(w for w in args.ways.split(",") if w)
-    for given, known, what in ((models, MODELS, "model"), (ways, WAYS, "way")):
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            parser.error(f"unknown {what}(s): {', '.join(unknown)}")
+    models = list(comma_choices(parser, args.models, MODELS, "model"))
+    ways = comma_choices(parser, args.ways, WAYS, "way")
 
     console = Console(width=max(Console().width, 160))
     console.print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
@@ -335,12 +331,7 @@ def main() -> None:
                       f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
     console.print(table)
     if hops:
-        hop_table = Table(title="one hop (stage to stage), median over sequential requests")
-        hop_table.add_column("engine")
-        hop_table.add_column("µs per hop", justify="right")
-        for engine, us in hops.items():
-            hop_table.add_row(engine, f"{us:.0f}")
-        console.print(hop_table)
+        console.print(hop_table(hops, label="engine"))
     for note in notes:
         console.print(f"warning: {note}")
     console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
