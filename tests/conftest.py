@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,19 @@ def _profile_cache(tmp_path_factory):
 @pytest.fixture
 def light():
     return LIGHT
+
+
+def copy_split(src, dst):
+    """A copy of the split folder ``src`` at ``dst`` whose manifest still finds the original model; returns
+    (dst, the manifest as a dict). The source path is relative to the folder, so it is rewritten absolute."""
+    from onnxsplit.manifest import load_manifest
+
+    dst = Path(dst)
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "manifest.json").read_text())
+    doc["source"]["path"] = str(load_manifest(src).source_path())
+    (dst / "manifest.json").write_text(json.dumps(doc, indent=2))
+    return dst, doc
 
 
 def split_and_check(model_path, outdir, devices, **kwargs):

@@ -6,10 +6,10 @@ import copy
 import dataclasses
 import json
 import pickle
-import shutil
 
 import pytest
 
+from conftest import copy_split
 from graphs import chain, save
 from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError, UsageError
@@ -34,11 +34,7 @@ def folder(tmp_path_factory):
 @pytest.fixture
 def edited(folder, tmp_path):
     """A copy of the split folder, and a function that rewrites its manifest.json with an edit applied."""
-    out = tmp_path / "out"
-    shutil.copytree(folder, out)
-    # The source path is relative to the folder; keep it pointing at the original model.
-    doc = json.loads((folder / "manifest.json").read_text())
-    doc["source"]["path"] = str(load_manifest(folder).source_path())
+    out, doc = copy_split(folder, tmp_path / "out")
 
     def write(edit) -> dict:
         changed = copy.deepcopy(doc)

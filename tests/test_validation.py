@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-import shutil
 
 import numpy as np
 import onnx
 import pytest
+from conftest import copy_split
 from graphs import model, weight
 from onnx import TensorProto, helper
 
@@ -52,12 +52,7 @@ def good(tmp_path_factory):
 @pytest.fixture
 def folder(good, tmp_path):
     """A copy of the good split that a test may damage; its manifest still finds the original model."""
-    out = tmp_path / "out"
-    shutil.copytree(good, out)
-    doc = json.loads((out / "manifest.json").read_text())
-    doc["source"]["path"] = str(load_manifest(good).source_path())
-    (out / "manifest.json").write_text(json.dumps(doc, indent=2))
-    return out
+    return copy_split(good, tmp_path / "out")[0]
 
 
 def _feeds(folder, **arrays):
