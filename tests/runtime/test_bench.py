@@ -252,3 +252,11 @@ def test_timeline_keeps_the_last_whole_requests_of_the_window():
     assert {s.request for s in timeline(_spans(rows), 2, opened=0.0, closed=100.0, requests=4)} == {0, 1, 2, 3}
     assert timeline(_spans(rows), 2, opened=50.0, closed=60.0) == ()
     assert timeline((), 2, opened=0.0, closed=1.0) == ()
+
+
+def test_ray_engine_bench_has_an_empty_timeline(transformer):
+    pytest.importorskip("ray")
+    # Ray actors record no spans: the result says so by an empty timeline, not by a warning.
+    result = _within(bench, transformer, seconds=0.2, warmup=0.0, rounds=1, engine="ray", spread_limit=math.inf)
+    assert result.timeline == () and result.pipeline.requests >= 1
+    assert result.as_dict()["timeline"] == [] and result.warnings == ()
