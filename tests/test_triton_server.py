@@ -44,7 +44,7 @@ def _server_folder() -> Path | None:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     return folder if (folder / "bin" / "tritonserver").is_file() else None
 
 
@@ -133,7 +133,7 @@ def server(tmp_path_factory):
             try:
                 if client.is_server_ready():
                     break
-            except Exception:  # not listening yet
+            except Exception:  # noqa: BLE001 (not listening yet: refused, reset, or a 5xx while starting)
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"tritonserver not ready after {STARTUP_S} s:\n{log.read_text()[-4000:]}")

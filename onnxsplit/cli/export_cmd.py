@@ -13,7 +13,8 @@ DEFAULT_MAX_BATCH = 8
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a split in another system's format (a Triton model repository)")
-    formats = p.add_subparsers(dest="format", required=True, parser_class=common.Parser)
+    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True, parser_class=common.Parser,
+                               help="what to write: triton")
     t = formats.add_parser("triton", help="write a Triton Inference Server model repository: one model per stage "
                                           "and an ensemble that chains them")
     t.add_argument("outdir", help="a folder written by `onnxsplit split`")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsplit.errors import OutputError
 from onnxsplit.export.triton_config import (
-    GPU_PROVIDERS, Step, TritonExportError, TritonTensor, ensemble_config, provider_parameters, stage_config,
+    GPU_PROVIDERS, NO_PARAMETERS, Step, TritonExportError, TritonTensor, ensemble_config, provider_parameters, stage_config,
     triton_tensor,
 )
 from onnxsplit.export.triton_model import write_stage_model
@@ -54,8 +54,9 @@ MARKER_FORMAT = "onnxsplit.triton"
 CONFIG = "config.pbtxt"
 VERSION = "1"  # the one model version written
 DEFAULT_MAX_BATCH = 8
-# Triton model names become folder names; these need no quoting anywhere.
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Triton model names become folder names and URL path segments; these need no quoting anywhere (the rule
+# `onnxsplit serve` applies to its model name too).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TritonRepository:
 def default_name(manifest: Manifest) -> str:
     """The ensemble's name when none is given: the source model's file stem, made a safe folder name."""
     stem = Path(manifest.source.path).stem
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip(".-")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-")
     return name or "model"
 
 
@@ -117,7 +118,7 @@ def check_name(name: str) -> str:
     """``name`` if it can name a Triton model (a plain folder name); TritonExportError otherwise."""
     if not _NAME.fullmatch(name):
         raise TritonExportError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only, "
-                                "not starting with '.' or '-'")
+                                "starting with a letter or digit")
     return name
 
 
@@ -168,7 +169,7 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
     max_batch_size = max_batch if batched else 0
     python = backend == "python"
 
-    def declare(specs: tuple[TensorSpec, ...], renamed: Mapping[str, str] = {}) -> tuple[TritonTensor, ...]:
+    def declare(specs: tuple[TensorSpec, ...], renamed: Mapping[str, str]) -> tuple[TritonTensor, ...]:
         return tuple(triton_tensor(s, batched=batched, python_backend=python, name=renamed.get(s.name))
                      for s in specs)
 
@@ -177,7 +178,7 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
 
     # Everything that can be refused is refused before a byte is written.
     for specs in (manifest.inputs, manifest.outputs, *(s.inputs + s.outputs for s in manifest.stages)):
-        declare(specs)
+        declare(specs, {})
     gpus = [_gpu(s) for s in manifest.stages]
     data_files = [_data_files(manifest, s) for s in manifest.stages]
     stage_names = tuple(f"{name}_stage_{s.index}" for s in manifest.stages)
@@ -196,7 +197,8 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
                 shutil.copyfile(src, version / ref)
             if python:
                 (version / "model.py").write_text(MODEL_PY, encoding="utf-8")
-            parameters = provider_parameters(stage.provider, stage.provider_options, stage.threads) if python else {}
+            parameters = (provider_parameters(stage.provider, stage.provider_options, stage.threads) if python
+                          else NO_PARAMETERS)
             text = stage_config(name=model_name, inputs=declare(stage.inputs, renamed),
                                 outputs=declare(stage.outputs, renamed), max_batch_size=max_batch_size, gpu=gpu,
                                 backend=backend, parameters=parameters)
@@ -204,7 +206,7 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
             steps.append(Step(model_name, tuple((renamed.get(i.name, i.name), i.name) for i in stage.inputs),
                               tuple((renamed.get(o.name, o.name), o.name) for o in stage.outputs)))
         (tmp / name / VERSION).mkdir(parents=True)
-        text = ensemble_config(name=name, inputs=declare(manifest.inputs), outputs=declare(manifest.outputs),
+        text = ensemble_config(name=name, inputs=declare(manifest.inputs, {}), outputs=declare(manifest.outputs, {}),
                                steps=steps, max_batch_size=max_batch_size)
         (tmp / name / CONFIG).write_text(text, encoding="utf-8")
         write_json_atomic(tmp / MARKER, {"format": MARKER_FORMAT, "version": 1, "models": [name, *stage_names]})

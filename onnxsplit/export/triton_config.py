@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from onnxsplit.errors import UsageError
 from onnxsplit.manifest import TensorSpec
@@ -45,6 +46,7 @@ TRITON_DTYPES: Mapping[str, str] = {
 PYTHON_BACKEND_LACKS = frozenset({"bfloat16"})
 # Execution providers that run on an NVIDIA GPU, which is what Triton's KIND_GPU means.
 GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+NO_PARAMETERS: Mapping[str, str] = MappingProxyType({})
 
 
 class TritonExportError(UsageError):
@@ -147,7 +149,7 @@ def _parameters(parameters: Mapping[str, str]) -> list[str]:
 
 def stage_config(*, name: str, inputs: Sequence[TritonTensor], outputs: Sequence[TritonTensor],
                  max_batch_size: int = 0, gpu: int | None = None, backend: str = "onnxruntime",
-                 parameters: Mapping[str, str] = {}) -> str:
+                 parameters: Mapping[str, str] = NO_PARAMETERS) -> str:
     """The config.pbtxt of one stage model.
 
     ``backend`` "onnxruntime" runs ``1/model.onnx`` on Triton's onnxruntime

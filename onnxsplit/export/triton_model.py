@@ -73,6 +73,6 @@ def write_stage_model(src: Path, dst: Path, *, scalar_inputs: Collection[str] = 
     graph.node.extend(nodes)
     missing = (set(scalar_inputs) | set(scalar_outputs)) - set(renamed)
     if missing:
-        raise ValueError(f"{src}: no graph input or output named {sorted(missing)[0]!r}")
+        raise ValueError(f"{src}: no graph input or output named {min(missing)!r}")
     dst.write_bytes(model.SerializeToString())
     return renamed

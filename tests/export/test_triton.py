@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import graphs
 from conftest import MODELS, one_line, run_cli
@@ -225,7 +225,7 @@ def test_an_existing_repository_is_replaced_only_when_ours(chain_split, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxsplit-")]
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "x y"])
+@pytest.mark.parametrize("name", ["", ".hidden", "_x", "a/b", "x y"])
 def test_bad_model_names(chain_split, tmp_path, name):
     with pytest.raises(UsageError) as exc:
         export_triton(chain_split, tmp_path / "repo", name=name)
