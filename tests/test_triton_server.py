@@ -101,17 +101,38 @@ def _mlp(path: Path) -> Path:
     return graphs.save(graphs.model(nodes, [graphs.f32("x", ["N", 8])], [graphs.f32("y", ["N", 8])], inits), path)
 
 
+def _dtypes(path: Path) -> Path:
+    """Hand-offs of several dtypes (bool, float16, int32) from stage 0 (the three first nodes) to stage 1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["g"], name="positive"),
+             helper.make_node("Cast", ["x"], ["h"], name="to_half", to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["x"], ["i"], name="to_int", to=TensorProto.INT32),
+             helper.make_node("Cast", ["h"], ["hf"], name="half_back", to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["i"], ["if"], name="int_back", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["hf", "if"], ["s"], name="add"),
+             helper.make_node("Where", ["g", "s", "x"], ["y"], name="where")]
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+    m = graphs.model(nodes, [graphs.f32("x", ["N", 4])], [graphs.f32("y", ["N", 4])], [zero])
+    return graphs.save(m, path)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A Triton server on two repositories: the transformer (no batch dim shared) and a small MLP (batched)."""
+    """A Triton server on three repositories: the transformer (no batch dim shared), a small MLP (batched) and a
+    model whose hand-offs are bool, float16 and int32."""
     tmp = tmp_path_factory.mktemp("triton")
-    repos = [tmp / "repo_transformer", tmp / "repo_mlp"]
+    repos = [tmp / "repo_transformer", tmp / "repo_mlp", tmp / "repo_dtypes"]
     assert main(["export", "triton", str(_split_transformer(tmp)), "-o", str(repos[0]), "--backend", "python"]) == 0
     plan = tmp / "mlp_plan.json"
     plan.write_text(json.dumps([0, 0, 1, 1, 2, 2]))
     split(_mlp(tmp / "mlp.onnx"), tmp / "mlp", devices=3, costs="estimate", plan=plan, input_shapes={"x": (4, 8)})
     assert main(["export", "triton", str(tmp / "mlp"), "-o", str(repos[1]), "--backend", "python",
                  "--max-batch", "8"]) == 0
+    plan.write_text(json.dumps([0, 0, 0, 1, 1, 1, 1]))
+    split(_dtypes(tmp / "dtypes.onnx"), tmp / "dtypes", devices=2, costs="estimate", plan=plan,
+          input_shapes={"x": (2, 4)})
+    assert main(["export", "triton", str(tmp / "dtypes"), "-o", str(repos[2]), "--backend", "python"]) == 0
     for repo in repos:
         check_repository(repo)
     port = _free_port()
@@ -203,3 +224,12 @@ def test_batched_ensemble_matches_the_original(server, tmp_path):
             break
     else:
         pytest.fail(f"the dynamic batcher never joined requests: {stats}")
+
+
+def test_handoffs_of_other_dtypes(server, tmp_path):
+    client, _, _ = server
+    config = client.get_model_config("dtypes_stage_0")
+    assert sorted(o["data_type"] for o in config["output"]) == ["TYPE_BOOL", "TYPE_FP16", "TYPE_INT32"]
+    x = np.array([[-1.5, 0.25, 2.75, 3.0], [7.5, -0.5, 0.0, 1.0]], np.float32)
+    (want,) = _original(_dtypes(tmp_path / "dtypes.onnx"), {"x": x})
+    np.testing.assert_array_equal(client.infer("dtypes", _request("x", x, "FP32")).as_numpy("y"), want)

@@ -183,7 +183,7 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
     data_files = [_data_files(manifest, s) for s in manifest.stages]
     stage_names = tuple(f"{name}_stage_{s.index}" for s in manifest.stages)
 
-    check_outdir(repo, force=force, replaceable=check_replaceable_repository)
+    target = check_outdir(repo, force=force, replaceable=check_replaceable_repository)
     with output_folder(repo, force=force, replaceable=check_replaceable_repository) as tmp:
         steps = []
         for stage, model_name, gpu, data in zip(manifest.stages, stage_names, gpus, data_files):
@@ -210,7 +210,7 @@ def export_triton(outdir: str | os.PathLike, repo: str | os.PathLike, *, name: s
                                steps=steps, max_batch_size=max_batch_size)
         (tmp / name / CONFIG).write_text(text, encoding="utf-8")
         write_json_atomic(tmp / MARKER, {"format": MARKER_FORMAT, "version": 1, "models": [name, *stage_names]})
-    return TritonRepository(path=Path(os.path.abspath(repo)), name=name, stage_models=stage_names, backend=backend,
+    return TritonRepository(path=target, name=name, stage_models=stage_names, backend=backend,
                             max_batch_size=max_batch_size)
 
 
