@@ -37,7 +37,7 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +130,8 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_outdir(outdir: str | os.PathLike, *, force: bool = False) -> Path:
+def check_outdir(outdir: str | os.PathLike, *, force: bool = False,
+                 replaceable: Callable[[Path], None] = check_replaceable) -> Path:
     """Refuse an output path before any work is done; returns where the split will be written.
 
     Also removes stale scratch folders beside it (see the module's docstring).
@@ -146,7 +147,7 @@ def check_outdir(outdir: str | os.PathLike, *, force: bool = False) -> Path:
             raise OutputExists(f"{outdir} already exists (ask to replace it with force)")
         if not target.is_dir():
             raise OutputError(f"{outdir}: not a folder; not replaced")
-        check_replaceable(target)
+        replaceable(target)
     existing = _nearest_existing(target.parent)
     if not existing.is_dir():
         raise OutputError(f"{existing}: not a folder, so {outdir} cannot be created in it")
@@ -340,12 +341,13 @@ def _move_in(folder: Path, target: Path) -> None:
         raise OutputError(f"{target}: cannot move the split into place ({exc.strerror})") from None
 
 
-def place(folder: Path, outdir: str | os.PathLike, *, force: bool = False) -> Path:
+def place(folder: Path, outdir: str | os.PathLike, *, force: bool = False,
+          replaceable: Callable[[Path], None] = check_replaceable) -> Path:
     """Move the finished split ``folder`` to ``outdir``; returns where it now is.
 
     Before: ``folder`` is a marked scratch folder in the same parent as
     ``outdir`` (symlink followed). With ``force`` an existing ``outdir``
-    that ``check_replaceable`` accepts is replaced; otherwise, or if it is
+    that ``replaceable`` accepts (default: a split) is replaced; otherwise, or if it is
     not replaceable, OutputError and nothing moves. After: ``outdir`` is the
     new split, without a marker unless the folder it replaced was itself a
     marked scratch folder (so a refine trial stays recognisable). On any
@@ -362,7 +364,7 @@ def place(folder: Path, outdir: str | os.PathLike, *, force: bool = False) -> Pa
             raise OutputError(f"{target}: created by another process while the split was written; left as it is")
         if not target.is_dir():
             raise OutputError(f"{target}: not a folder; not replaced")
-        check_replaceable(target)
+        replaceable(target)
         backup = make_scratch(target.parent, role="backup", target=target.name)
         old = backup.path / _OLD
         try:
@@ -391,7 +393,8 @@ def place(folder: Path, outdir: str | os.PathLike, *, force: bool = False) -> Pa
 
 
 @contextmanager
-def output_folder(outdir: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+def output_folder(outdir: str | os.PathLike, *, force: bool = False,
+                  replaceable: Callable[[Path], None] = check_replaceable) -> Iterator[Path]:
     """A scratch folder to write a split into, moved to ``outdir`` when the block ends without error.
 
     On any error, the block's or the move's, the scratch folder and the
@@ -403,7 +406,7 @@ def output_folder(outdir: str | os.PathLike, *, force: bool = False) -> Iterator
     scratch = make_scratch(target.parent, target=target.name)
     try:
         yield scratch.path
-        place(scratch.path, target, force=force)
+        place(scratch.path, target, force=force, replaceable=replaceable)
     except OSError as exc:
         discard(scratch)
         where = f"{exc.filename}: " if exc.filename else ""
