@@ -13,10 +13,20 @@ from onnxsplit.cli.main import build_parser
 README = (ROOT / "README.md").read_text()
 
 
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command's parser by its words (``export triton``), nested ones included."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                words = f"{prefix} {name}".strip()
+                found[words] = sub
+                found.update(_subcommands(sub, words))
+    return found
+
+
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    return _subcommands(build_parser())
 
 
 def _section(command: str) -> str:
