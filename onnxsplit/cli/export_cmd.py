@@ -32,11 +32,15 @@ def add_parser(sub) -> None:
 
 
 def run_triton(args: argparse.Namespace) -> int:
+    from onnxsplit.errors import OutputExists, UsageError
     from onnxsplit.export.triton import export_triton
 
-    with common.status("writing the model repository"):
-        repo = export_triton(args.outdir, args.output, name=args.name, backend=args.backend,
-                             max_batch=args.max_batch, force=args.force)
+    try:
+        with common.status("writing the model repository"):
+            repo = export_triton(args.outdir, args.output, name=args.name, backend=args.backend,
+                                 max_batch=args.max_batch, force=args.force)
+    except OutputExists:
+        raise UsageError(f"{args.output} already exists (use --force to replace it)") from None
     if args.json:
         common.print_json({"repository": str(repo.path), "ensemble": repo.name, "stage_models": repo.stage_models,
                            "backend": repo.backend, "max_batch_size": repo.max_batch_size})

@@ -252,7 +252,7 @@ def test_cli(chain_split, tmp_path, capsys):
     assert code == 0, err
     assert _config(tmp_path / "repo", "mlp").max_batch_size == 4
     code, err = run_cli(["export", "triton", chain_split, "-o", tmp_path / "repo"], capsys)
-    assert code == 1 and err.startswith("onnxsplit: error: ") and "already exists" in err
+    assert code == 1 and err.startswith("onnxsplit: error: ") and "already exists (use --force to replace it)" in err
     from onnxsplit.cli.main import main
 
     assert main(["export", "triton", str(chain_split), "-o", str(tmp_path / "repo"), "--force", "--json"]) == 0
