@@ -48,10 +48,13 @@ def render_svg(source: str) -> str:
     return strip_prolog(svg)
 
 
+_COMMENT = re.compile(r"<!--.*?-->\n?", re.S)
+
+
 def strip_prolog(svg: str) -> str:
-    """The ``<svg>`` element alone: no XML declaration, DOCTYPE (which names a DTD URL) or comments before it."""
+    """The ``<svg>`` element alone: no XML declaration, no DOCTYPE (it names a DTD URL), no comments (weight)."""
     start = svg.find("<svg")
-    return svg[start:].strip() if start >= 0 else svg
+    return _COMMENT.sub("", svg[start:] if start >= 0 else svg).strip()
 
 
 def _quote(text: str) -> str:
@@ -233,7 +236,6 @@ def operator_svg(data: ReportData, *, full_limit: int = FULL_DAG_LIMIT) -> tuple
 def stage_graph_source(data: ReportData) -> str:
     """One box per stage (device, predicted load, memory), one edge per producer-consumer pair with its bytes."""
     lines = _header("stages")
-    lines[1] = lines[1].replace('rankdir="TB"', 'rankdir="LR"')
     m = data.manifest
     bottleneck = data.bottleneck
     for st in m.stages:
