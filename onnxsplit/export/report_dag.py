@@ -197,13 +197,23 @@ def condensed_dag_source(data: ReportData, *, limit: int = GROUP_LIMIT) -> str:
                                                 **{"class": f"group stage-{s}"}))
         lines.append("}")
     _io_nodes(data, lines)
+    # A hand-off is sent once to each stage that reads it: one edge per (producing box, reading stage), drawn to
+    # the box in that stage that reads it first, rather than a fan of edges to every reader.
+    first_reader: dict[tuple[str, int], int] = {}
+    for e in data.edges:
+        s = data.nodes[e.consumer].stage
+        if data.nodes[e.producer].stage != s and e.tensor in handoffs:
+            key = (e.tensor, s)
+            first_reader[key] = min(first_reader.get(key, e.consumer), e.consumer)
     carried: dict[tuple[int, int], list[str]] = defaultdict(list)
     plain: set[tuple[int, int]] = set()
     for e in data.edges:
         a, b = g.group_of[e.producer], g.group_of[e.consumer]
         if a == b:
             continue
-        if data.nodes[e.producer].stage != data.nodes[e.consumer].stage and e.tensor in handoffs:
+        s = data.nodes[e.consumer].stage
+        if data.nodes[e.producer].stage != s and e.tensor in handoffs:
+            b = g.group_of[first_reader[(e.tensor, s)]]
             if e.tensor not in carried[(a, b)]:
                 carried[(a, b)].append(e.tensor)
         else:
