@@ -160,16 +160,10 @@ def group_nodes(data: ReportData, *, limit: int = GROUP_LIMIT) -> Grouping:
     best: Grouping | None = None
     for depth in range(1, max(max_depth, 1) + 1):
         index: dict[tuple[int, str], int] = {}
-        group_of = []
-        for r in data.nodes:
-            key = (r.stage, scope_of(r.name, depth))
-            group_of.append(index.setdefault(key, len(index)))
-        grouping = Grouping(depth, tuple(group_of), tuple(index))
+        group_of = tuple(index.setdefault((r.stage, scope_of(r.name, depth)), len(index)) for r in data.nodes)
         if best is not None and len(index) > limit:
             break
-        best = grouping
-        if len(index) > limit:
-            break
+        best = Grouping(depth, group_of, tuple(index))
     assert best is not None
     return best
 
