@@ -185,7 +185,7 @@ def condensed_dag_source(data: ReportData, *, limit: int = GROUP_LIMIT) -> str:
                      f'color={_quote(stage_colour(s))}];')
         for gi, (stage, scope) in enumerate(g.keys):
             if stage == s:
-                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{count[gi]} nodes, {_ms(time[gi])}",
+                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{count[gi]} node{'' if count[gi] == 1 else 's'}, {_ms(time[gi])}",
                                                 fillcolor=stage_colour(s), id=f"group{gi}",
                                                 tooltip=f"stage {s}: {scope} ({count[gi]} nodes)",
                                                 **{"class": f"group stage-{s}"}))
