@@ -1,0 +1,93 @@
+"""Weight of the HTML plan report and the time to write it, for the bundled transformer and a 10,000-node model.
+
+    python benchmarks/report_bench.py [--layers 56] [--bench-seconds 1]
+
+Each model is split in four (the transformer with measured costs at
+input_ids:4x32; the generated deep transformer, 56 layers and about 10,500
+nodes, with estimated costs at input_ids:2x16), benchmarked briefly with
+``onnxsplit bench --json``, and reported without and with that bench file.
+"seconds" is the wall time of ``python -m onnxsplit report`` in a fresh
+process: what a user waits, interpreter start and imports included. "drawn"
+counts the operator-graph boxes (Graphviz nodes) on the page: one per
+operator for a small model, one per group in the condensed view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import make_models  # noqa: E402
+
+# Graphviz writes each drawn node and edge as an SVG group of this class.
+NODE = re.compile(r"<g\b[^>]*\bclass=\"node\"")
+EDGE = re.compile(r"<g\b[^>]*\bclass=\"edge\"")
+
+
+def onnxsplit(*argv: object) -> str:
+    done = subprocess.run([sys.executable, "-m", "onnxsplit", *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+    if done.returncode != 0:
+        sys.exit(f"onnxsplit {' '.join(map(str, argv))} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def measure(name: str, model: Path, shape: str, costs: str, work: Path, bench_seconds: float) -> list[tuple]:
+    """Rows (model, nodes, bench, page bytes, seconds, nodes drawn, edges drawn) for one model."""
+    out = work / name
+    onnxsplit("split", model, "--devices", 4, "--input-shape", shape, "--costs", costs, "-o", out)
+    bench = work / f"{name}-bench.json"
+    bench.write_text(onnxsplit("bench", out, "--seconds", bench_seconds, "--rounds", 1, "--json"))
+    nodes = len(onnx.load(model, load_external_data=False).graph.node)
+    rows = []
+    for with_bench in (False, True):
+        html = work / f"{name}{'-bench' if with_bench else ''}.html"
+        extra = ["--bench", bench] if with_bench else []
+        start = time.perf_counter()
+        onnxsplit("report", out, "-o", html, "--costs", costs, *extra)
+        seconds = time.perf_counter() - start
+        page = html.read_text(encoding="utf-8")
+        rows.append((name, nodes, "yes" if with_bench else "no", html.stat().st_size, seconds,
+                     len(NODE.findall(page)), len(EDGE.findall(page))))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=56, help="layers of the generated deep transformer")
+    parser.add_argument("--bench-seconds", type=float, default=1.0, help="length of each bench measurement")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="onnxsplit-report-bench-") as tmp:
+        work = Path(tmp)
+        rows += measure("transformer", ROOT / "models" / "transformer.onnx", "input_ids:4x32", "measure", work,
+                        args.bench_seconds)
+        deep = work / "deep_transformer.onnx"
+        make_models.save(make_models.make_deep_transformer(args.layers), deep)
+        rows += measure(f"deep_transformer_{args.layers}", deep, "input_ids:2x16", "estimate", work,
+                        args.bench_seconds)
+
+    table = Table(title="onnxsplit report: page weight and time to write (4 devices)")
+    for column in ("model", "nodes", "--bench", "page", "seconds", "nodes drawn", "edges drawn"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, nodes, bench, size, seconds, drawn, edges in rows:
+        table.add_row(name, f"{nodes:,}", bench, f"{size / 1e3:,.0f} kB", f"{seconds:.2f}", f"{drawn:,}",
+                      f"{edges:,}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
