@@ -3,7 +3,8 @@
 After a first split, the pipeline runs briefly; every node's cost is scaled
 by its stage's measured / predicted compute ratio, the plan is solved again,
 and the split with the best measured throughput is kept. Each round's
-predicted and measured bottleneck go into plan.json under "refine".
+predicted and measured bottleneck go into plan.json under "refine", which
+:func:`load_rounds` reads back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsplit.costgraph import CostGraph
+from onnxsplit.errors import UsageError
 from onnxsplit.fileio import write_json_atomic
 from onnxsplit.outdir import make_scratch, place, remove_scratch, resolve_outdir
 from onnxsplit.solve.plan import stage_loads
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Round:
+    """One measured split of ``refine_split``: round 0 is the first split, each later one a re-solve."""
+
     index: int
     predicted_bottleneck_ms: float  # the plan's max stage load under this round's costs
     measured_bottleneck_ms: float  # the slowest stage's measured time per request
@@ -35,6 +39,54 @@ class Round:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def load_rounds(plan_path: str | os.PathLike) -> tuple[Round, ...]:
+    """The refine rounds that ``refine_split`` recorded in the plan.json at ``plan_path``, in order.
+
+    Empty when the plan has none (a split without refinement). A file that
+    is not a JSON object, or rounds whose fields are missing, of the wrong
+    type, or numbered out of order, raise a one-line UsageError naming the
+    file and the field.
+    """
+    path = Path(plan_path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read a JSON plan ({' '.join(str(exc).split())})") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: a plan file is a JSON object")
+    if "refine" not in doc:
+        return ()
+    rounds = doc["refine"]
+    if not isinstance(rounds, list):
+        raise UsageError(f"{path}: refine: expected a list of rounds")
+
+    def fail(field: str, problem: str) -> UsageError:
+        return UsageError(f"{path}: {field}: {problem}")
+
+    out = []
+    for i, item in enumerate(rounds):
+        where = f"refine[{i}]"
+        if not isinstance(item, dict):
+            raise fail(where, "expected an object")
+        missing = [k for k in Round.__dataclass_fields__ if k not in item]
+        if missing:
+            raise fail(f"{where}.{missing[0]}", "missing")
+        index, kept = item["index"], item["kept"]
+        if isinstance(index, bool) or not isinstance(index, int) or index != i:
+            raise fail(f"{where}.index", f"expected {i}, got {index!r}")
+        if not isinstance(kept, bool):
+            raise fail(f"{where}.kept", f"expected true or false, got {kept!r}")
+        figures = {}
+        for key in ("predicted_bottleneck_ms", "measured_bottleneck_ms", "samples_per_s"):
+            value = item[key]
+            # NaN passes: a stage that ran no request in the window has no measured time.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise fail(f"{where}.{key}", f"expected a number at least 0, got {value!r}")
+            figures[key] = float(value)
+        out.append(Round(index=index, kept=kept, **figures))
+    return tuple(out)
 
 
 def _measure(outdir: Path, seconds: float) -> tuple[float, list[float]]:

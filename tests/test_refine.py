@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import MODELS
+import pytest
+
+from conftest import MODELS, one_line
 from onnxsplit.cli.main import main
-from onnxsplit.refine import scale_by_stage
+from onnxsplit.errors import UsageError
+from onnxsplit.refine import Round, load_rounds, refine_split, scale_by_stage
 from onnxsplit.solve.plan import stage_loads
 from onnxsplit.splitting import prepare
 from onnxsplit.devices import identical_devices
@@ -43,3 +46,43 @@ def test_refine_rejects_a_plan_file(tmp_path, capsys):
                  "-o", str(tmp_path / "out")])
     assert code == 1 and "--refine" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_refine_rounds_come_back_from_plan_json(tmp_path):
+    out = tmp_path / "out"
+    result, history = refine_split(MODELS / "branchy_cnn.onnx", out, rounds=1, seconds=0.2, devices=2,
+                                   input_shapes={"image": (8, 3, 32, 32)}, costs="estimate")
+    rounds = load_rounds(out / "plan.json")
+    assert rounds == tuple(history) and all(isinstance(r, Round) for r in rounds)
+    assert rounds[0].index == 0 and rounds[0].kept and rounds[0].samples_per_s > 0
+    assert result.manifest.plan_path() == out / "plan.json"
+
+
+def test_a_plan_without_rounds_has_none(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"format": "onnxsplit.plan", "stages": []}))
+    assert load_rounds(tmp_path / "plan.json") == ()
+
+
+@pytest.mark.parametrize("rounds, field", [
+    ("many", "refine: expected a list"),
+    ([7], "refine[0]: expected an object"),
+    ([{"index": 0, "predicted_bottleneck_ms": 1.0, "measured_bottleneck_ms": 1.0, "samples_per_s": 5.0}],
+     "refine[0].kept: missing"),
+    ([{"index": 1, "predicted_bottleneck_ms": 1.0, "measured_bottleneck_ms": 1.0, "samples_per_s": 5.0,
+       "kept": True}], "refine[0].index: expected 0"),
+    ([{"index": 0, "predicted_bottleneck_ms": "1", "measured_bottleneck_ms": 1.0, "samples_per_s": 5.0,
+       "kept": True}], "refine[0].predicted_bottleneck_ms: expected a number"),
+    ([{"index": 0, "predicted_bottleneck_ms": 1.0, "measured_bottleneck_ms": 1.0, "samples_per_s": -5.0,
+       "kept": True}], "refine[0].samples_per_s: expected a number at least 0"),
+    ([{"index": 0, "predicted_bottleneck_ms": 1.0, "measured_bottleneck_ms": 1.0, "samples_per_s": 5.0,
+       "kept": 1}], "refine[0].kept: expected true or false"),
+])
+def test_damaged_rounds_are_refused_naming_the_field(tmp_path, rounds, field):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"format": "onnxsplit.plan", "refine": rounds}))
+    with pytest.raises(UsageError) as info:
+        load_rounds(path)
+    assert one_line(info).startswith(f"{path}: {field}")
+    path.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="a plan file is a JSON object"):
+        load_rounds(path)

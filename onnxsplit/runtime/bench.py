@@ -17,6 +17,11 @@ Two things make the comparison misleading, and the result says so in its
 (they share cores, which separate devices would not), and rounds whose speeds
 spread by more than ``spread_limit`` (a busy machine: the ratios then compare
 moments, not ways of running).
+
+The result also keeps a timeline: when each stage ran each of
+``TIMELINE_REQUESTS`` consecutive requests of the pipeline's last measured
+window, from the spans the in-process workers record. Engines that record no
+spans (Ray) leave it empty.
 """
 
 from __future__ import annotations
@@ -41,13 +46,15 @@ from onnxsplit.model import check_source
 from onnxsplit.feeds import random_feeds
 from onnxsplit.ortutil import make_session
 from onnxsplit.valuetypes import is_tensor_dtype
-from onnxsplit.runtime.pipeline import Pipeline, StageStats
+from onnxsplit.runtime.pipeline import Pipeline, Span, StageStats
 from onnxsplit.runtime.specs import CPU, usable_cores
 
 log = logging.getLogger(__name__)
 
 # A quiet machine repeats a round within a few percent; beyond this the ratios describe its load.
 SPREAD_LIMIT = 0.2
+# Requests in the timeline: enough to show the pipeline's rhythm and its bubbles, few enough to draw.
+TIMELINE_REQUESTS = 32
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,20 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class TimelineSpan:
+    """One stage's session run of one request of the timeline.
+
+    ``request`` counts the timeline's requests from 0 in submit order;
+    times are ms after the start of the timeline's earliest span.
+    """
+
+    request: int
+    stage: int
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True)
 class BenchResult:
     outdir: str
     model: str
@@ -104,6 +125,9 @@ class BenchResult:
     original_n: Throughput
     warnings: tuple[str, ...] = ()  # one line each: why the figures may mislead
     spread_limit: float = SPREAD_LIMIT
+    # Every stage's runs of up to TIMELINE_REQUESTS consecutive requests of the last measured window, sorted
+    # by request then stage; empty when the engine records no spans.
+    timeline: tuple[TimelineSpan, ...] = ()
 
     @property
     def spread(self) -> float:
@@ -135,6 +159,7 @@ class BenchResult:
             "vs_original_1": self.vs_original_1, "vs_original_n": self.vs_original_n,
             "spread": self.spread, "spread_limit": self.spread_limit, "reliable": self.reliable,
             "warnings": list(self.warnings),
+            "timeline": [_plain(s) for s in self.timeline],
         }
 
 
@@ -187,6 +212,9 @@ class _Window:
     latencies: tuple[float, ...]
     before: tuple[StageStats, ...] = ()
     after: tuple[StageStats, ...] = ()
+    opened: float = 0.0  # time.perf_counter() when the window opened and closed
+    closed: float = 0.0
+    spans: tuple[Span, ...] = ()  # the pipeline's recorded spans when the window closed
 
 
 def _measure_pipeline(pipe: Pipeline, feeds: dict[str, np.ndarray], *, seconds: float, warmup: float,
@@ -205,12 +233,16 @@ def _measure_pipeline(pipe: Pipeline, feeds: dict[str, np.ndarray], *, seconds: 
     end = 0.0
     before: tuple[StageStats, ...] = ()
     t0 = t1 = 0.0
+    spans: tuple[Span, ...] = ()
     while True:
         now = clock()
         if not before and now >= begin and len(finished) >= in_flight:
             before, t0, end = pipe.stats(), now, now + seconds
         if before and now >= end and finished[-1].finished_at >= t0:
             after, t1 = pipe.stats(), now
+            # Taken before draining, so the ring buffers still hold the window's last requests.
+            trace = getattr(pipe, "trace", None)
+            spans = trace() if trace is not None else ()
             break
         while len(pending) < in_flight:
             pending.append(pipe.submit(feeds))
@@ -221,7 +253,36 @@ def _measure_pipeline(pipe: Pipeline, feeds: dict[str, np.ndarray], *, seconds: 
         future.result()
     # The worker stamps the finish time, so a late wake-up here does not count as latency.
     inside = [f for f in [*finished, *pending] if t0 <= f.finished_at <= t1]
-    return _Window(len(inside), t1 - t0, tuple(f.finished_at - f.submitted_at for f in inside), before, after)
+    return _Window(len(inside), t1 - t0, tuple(f.finished_at - f.submitted_at for f in inside), before, after,
+                   t0, t1, spans)
+
+
+def timeline(spans: Sequence[Span], stages: int, *, opened: float, closed: float,
+             requests: int = TIMELINE_REQUESTS) -> tuple[TimelineSpan, ...]:
+    """The last ``requests`` consecutive requests that ran through all ``stages`` inside [opened, closed].
+
+    ``spans`` are a pipeline's (:meth:`Pipeline.trace`). A request counts
+    when every stage has a span for it and all of them lie inside the
+    window; the run of consecutive request numbers ending at the latest such
+    request is kept (fewer than ``requests`` when the window held fewer),
+    renumbered from 0, with times in ms after its earliest start. Empty
+    when no request qualifies.
+    """
+    by_request: dict[int, dict[int, Span]] = {}
+    for span in spans:
+        by_request.setdefault(span.request, {})[span.stage] = span
+    whole = {r for r, runs in by_request.items()
+             if len(runs) == stages and all(opened <= s.start_s and s.end_s <= closed for s in runs.values())}
+    if not whole or requests < 1:
+        return ()
+    last = max(whole)
+    first = last
+    while first - 1 in whole and last - first + 1 < requests:
+        first -= 1
+    kept = [by_request[r][k] for r in range(first, last + 1) for k in range(stages)]
+    origin = min(s.start_s for s in kept)
+    return tuple(TimelineSpan(s.request - first, s.stage, (s.start_s - origin) * 1e3, (s.end_s - origin) * 1e3)
+                 for s in kept)
 
 
 def _measure_session(session: Any, feeds: dict[str, np.ndarray], *, seconds: float, warmup: float) -> _Window:
@@ -363,5 +424,7 @@ def bench(
     for w in warnings:
         if w is not None:
             log.info("bench: %s", w)  # the caller shows result.warnings; logging them too would say it twice
+    last = piped[-1]
+    spans = timeline(last.spans, len(stages), opened=last.opened, closed=last.closed)
     return BenchResult(str(outdir), str(source), shapes, samples, in_flight, rounds, scale, pipeline, stages,
-                       original_1, original_n, tuple(w for w in warnings if w is not None), spread_limit)
+                       original_1, original_n, tuple(w for w in warnings if w is not None), spread_limit, spans)

@@ -10,6 +10,10 @@ Routing follows the manifest exactly: graph inputs go to every stage that
 reads them, a hand-off goes to each stage that reads it, graph outputs are
 taken from whichever stage makes them, and a request drops every tensor no
 later stage reads as soon as it leaves the last stage that needs it.
+
+Each worker also keeps the start and end of its last ``TRACE_REQUESTS``
+session runs (:meth:`Pipeline.trace`), so a timeline of the requests through
+the stages can be drawn from real runs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,10 @@ if TYPE_CHECKING:
     from onnxsplit.devices import Devices
 
 log = logging.getLogger(__name__)
+
+# Session runs each worker remembers for Pipeline.trace(): enough for a timeline of a few dozen requests
+# taken from inside a measured window, even with the requests still in flight at its end.
+TRACE_REQUESTS = 256
 
 
 class StageError(OnnxSplitError):
@@ -66,6 +74,20 @@ class StageStats:
     cores: tuple[int, ...]  # the cores the worker was pinned to (empty: not pinned)
 
 
+@dataclass(frozen=True)
+class Span:
+    """One stage's session run of one request, in ``time.perf_counter()`` seconds.
+
+    ``request`` is the pipeline's submit sequence number (0, 1, 2, ... in the
+    order ``submit`` accepted the requests).
+    """
+
+    request: int
+    stage: int
+    start_s: float
+    end_s: float
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -74,12 +96,13 @@ def _one_line(exc: BaseException) -> str:
 class _Request:
     """One inference on its way through the stages (mutable, owned by one worker at a time)."""
 
-    __slots__ = ("future", "env", "outputs")
+    __slots__ = ("future", "env", "outputs", "seq")
 
     def __init__(self, future: Future, env: dict[str, Any], outputs: dict[str, Any]) -> None:
         self.future = future
         self.env = env
         self.outputs = outputs
+        self.seq = -1  # the submit sequence number, set under the submit lock
 
 
 class _Channel:
@@ -131,15 +154,20 @@ class _Worker:
         self._phase_lock = threading.Lock()
         self._spent = {"busy": 0.0, "starved": 0.0, "blocked": 0.0, "other": 0.0}
         self._phase = ("other", time.perf_counter())
+        # (request, start, end) of the latest runs; only this worker appends, and a deque append is atomic
+        # under the GIL, so recording takes no lock and readers copy it whole (see Pipeline.trace).
+        self.trace: deque[tuple[int, float, float]] = deque(maxlen=TRACE_REQUESTS)
         self.runner: Any = None
         self.thread = threading.Thread(target=self._main, name=f"onnxsplit-stage-{spec.index}", daemon=True)
 
-    def _enter(self, phase: str) -> None:
+    def _enter(self, phase: str) -> float:
+        """Switch to ``phase``; returns the moment of the switch."""
         now = time.perf_counter()
         with self._phase_lock:
             current, since = self._phase
             self._spent[current] += now - since
             self._phase = (phase, now)
+        return now
 
     def stats(self) -> StageStats:
         with self._phase_lock:
@@ -199,9 +227,10 @@ class _Worker:
         # Runs once per request per stage, so it stays lean: names looked up once, one dict built per step.
         spec, env = self.spec, req.env
         feeds = {n: env[n] for n in spec.inputs}
-        self._enter("busy")
+        start = self._enter("busy")
         values = self.runner(feeds)
-        self._enter("other")
+        # The span is the busy phase itself, so the timeline and the busy fractions agree.
+        self.trace.append((req.seq, start, self._enter("other")))
         self.runs += 1
         outputs = req.outputs
         for name in spec.graph_outputs:
@@ -218,6 +247,16 @@ class _Worker:
         req.env = env
         self._enter("blocked")
         self.outbox.put(req)
+
+
+def _copy(ring: deque) -> tuple:
+    # tuple() of a deque runs in C without releasing the GIL, so a worker cannot append midway; the retry
+    # only matters on an interpreter without a GIL, where the deque may change under the copy.
+    while True:
+        try:
+            return tuple(ring)
+        except RuntimeError:
+            continue
 
 
 def _finish(future: Future, *, result: Any = None, exception: BaseException | None = None) -> None:
@@ -249,6 +288,9 @@ class Pipeline:
     ``devices`` apply to that engine only.
     """
 
+    # Engines whose stages run elsewhere (Ray) have no in-process workers and record no spans.
+    _workers: Sequence[_Worker] = ()
+
     def __new__(cls, outdir: str | os.PathLike, *, engine: str = "inproc", **options: Any) -> Pipeline:
         if engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -277,6 +319,7 @@ class Pipeline:
         self._cancelling = threading.Event()
         self._submit_lock = threading.Lock()
         self._closed = False
+        self._submitted = 0
         self._queues = [_Channel(queue_size) for _ in self.specs]
         cores = assign_cores(self.specs, pin=pin)
         self._workers = [
@@ -326,6 +369,8 @@ class Pipeline:
             # ahead of a request that a blocked submitter is still placing.
             if self._closed:
                 raise RuntimeError("cannot submit to a closed pipeline")
+            req.seq = self._submitted
+            self._submitted += 1
             self._queues[0].put(req)
         return future
 
@@ -375,6 +420,19 @@ class Pipeline:
 
     def stats(self) -> tuple[StageStats, ...]:
         return tuple(w.stats() for w in self._workers)
+
+    def trace(self) -> tuple[Span, ...]:
+        """The spans of the latest session runs of every stage (at most ``TRACE_REQUESTS`` per stage).
+
+        Sorted by request, then stage. Only runs that returned are recorded
+        (a failed run is not). Safe to call while requests are in flight: a
+        run finishing meanwhile is either in the copy or not. Empty for
+        engines that do not record spans.
+        """
+        spans = [Span(request, w.spec.index, start, end)
+                 for w in self._workers for request, start, end in _copy(w.trace)]
+        spans.sort(key=lambda s: (s.request, s.stage))
+        return tuple(spans)
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers. By default every submitted request finishes first; with

@@ -11,7 +11,9 @@ import pytest
 from conftest import MODELS
 from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError, UsageError
-from onnxsplit.runtime.bench import BenchResult, Throughput, bench, bench_shapes, core_warning, spread_warning
+from onnxsplit.runtime.bench import (TIMELINE_REQUESTS, BenchResult, Throughput, TimelineSpan, bench, bench_shapes,
+                                      core_warning, spread_warning, timeline)
+from onnxsplit.runtime.pipeline import Span
 from onnxsplit.manifest import TensorSpec
 from onnxsplit.splitting import split
 
@@ -196,3 +198,56 @@ def test_bench_warns_when_rounds_spread(transformer, uneven_rounds, capsys):
     assert code == 0 and doc["reliable"] is False and doc["spread"] >= 0.5
     assert any(w.startswith("rounds spread by") for w in doc["warnings"])
     assert "onnxsplit: warning: rounds spread by " in captured.err
+
+
+def check_timeline(spans: tuple[TimelineSpan, ...], stages: int) -> None:
+    """A timeline of real runs: consecutive requests from 0, each through every stage in order, one at a time per
+    stage, times from 0."""
+    requests = sorted({s.request for s in spans})
+    assert requests == list(range(len(requests))) and 1 <= len(requests) <= TIMELINE_REQUESTS
+    assert [(s.request, s.stage) for s in spans] == [(r, k) for r in requests for k in range(stages)]
+    assert min(s.start_ms for s in spans) == 0.0
+    for s in spans:
+        assert s.start_ms <= s.end_ms
+    for r in requests:
+        runs = spans[r * stages:(r + 1) * stages]
+        for earlier, later in zip(runs, runs[1:]):
+            assert later.start_ms >= earlier.end_ms  # stage k+1 starts after stage k ended for this request
+    for k in range(stages):
+        own = [s for s in spans if s.stage == k]
+        for earlier, later in zip(own, own[1:]):
+            assert later.start_ms >= earlier.end_ms  # a stage never runs two requests at once
+
+
+def test_bench_records_a_timeline(transformer):
+    result = _within(bench, transformer, seconds=0.3, warmup=0.05, rounds=2)
+    check_timeline(result.timeline, 2)
+    # The window is long enough for a full timeline on any machine that runs the tests.
+    assert len({s.request for s in result.timeline}) == TIMELINE_REQUESTS
+    # The spans are the stages' busy time, so a stage's mean span is close to its measured mean.
+    for k, stage in enumerate(result.stages):
+        mean = sum(s.end_ms - s.start_ms for s in result.timeline if s.stage == k) / TIMELINE_REQUESTS
+        assert 0.2 * stage.measured_ms < mean < 5 * stage.measured_ms
+    doc = json.loads(json.dumps(result.as_dict()))
+    assert doc["timeline"][0] == {"request": 0, "stage": 0, "start_ms": 0.0, "end_ms": result.timeline[0].end_ms}
+    assert len(doc["timeline"]) == len(result.timeline)
+
+
+def _spans(rows) -> list[Span]:
+    return [Span(r, k, a, b) for r, k, a, b in rows]
+
+
+def test_timeline_keeps_the_last_whole_requests_of_the_window():
+    rows = [(r, k, 10.0 + r + k * 0.5, 10.0 + r + k * 0.5 + 0.4) for r in range(10) for k in range(2)]
+    spans = _spans(rows)
+    # Requests 0 and 9 stick out of the window [10.2, 19.0]; 5 lost its stage-1 span.
+    spans = [s for s in spans if (s.request, s.stage) != (5, 1)]
+    got = timeline(spans, 2, opened=10.2, closed=19.0, requests=8)
+    # The latest whole request is 8; going back, 5 is incomplete, so 6, 7, 8 are kept.
+    assert [(s.request, s.stage) for s in got] == [(r, k) for r in range(3) for k in range(2)]
+    assert got[0] == TimelineSpan(0, 0, 0.0, pytest.approx(400.0))
+    assert got[-1].start_ms == pytest.approx((18.5 - 16.0) * 1e3)
+    assert len(timeline(_spans(rows), 2, opened=0.0, closed=100.0, requests=4)) == 4 * 2
+    assert {s.request for s in timeline(_spans(rows), 2, opened=0.0, closed=100.0, requests=4)} == {0, 1, 2, 3}
+    assert timeline(_spans(rows), 2, opened=50.0, closed=60.0) == ()
+    assert timeline((), 2, opened=0.0, closed=1.0) == ()

@@ -418,3 +418,78 @@ def test_cli_run(transformer, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("onnxsplit: error: stage 0") and "\n" not in err
     assert not (tmp_path / "bad_out.npz").exists()
+
+
+def _check_spans(spans, stages: int) -> None:
+    """Spans of real runs: each request goes through the stages in order, and a stage runs one request at a time."""
+    by_request: dict[int, list] = {}
+    for s in spans:
+        assert s.start_s <= s.end_s
+        by_request.setdefault(s.request, []).append(s)
+    for request, runs in by_request.items():
+        assert [s.stage for s in runs] == list(range(stages)), request
+        for earlier, later in zip(runs, runs[1:]):
+            assert later.start_s >= earlier.end_s, (earlier, later)
+    for k in range(stages):
+        own = sorted((s for s in spans if s.stage == k), key=lambda s: s.start_s)
+        for earlier, later in zip(own, own[1:]):
+            assert later.start_s >= earlier.end_s, (earlier, later)
+        # A stage takes the requests in submit order.
+        assert [s.request for s in own] == sorted(s.request for s in own)
+
+
+@timeout(60)
+def test_trace_records_every_run_in_order(chain3):
+    outdir, _ = chain3
+    feeds = random_feeds(load_manifest(outdir).feed_specs(load_manifest(outdir).input_shapes), seed=1)
+    with Pipeline(outdir, pin=False) as pipe:
+        assert pipe.trace() == ()
+        before = time.perf_counter()
+        futures = [pipe.submit(feeds) for _ in range(20)]
+        for f in futures:
+            f.result()
+        after = time.perf_counter()
+        spans = pipe.trace()
+    assert len(spans) == 20 * 3
+    assert [(s.request, s.stage) for s in spans] == [(r, k) for r in range(20) for k in range(3)]
+    assert all(before <= s.start_s and s.end_s <= after for s in spans)
+    _check_spans(spans, 3)
+    # The last stage finishes a request before its Future is done.
+    assert all(s.end_s <= f.finished_at for s, f in zip((s for s in spans if s.stage == 2), futures))
+
+
+@timeout(120)
+def test_trace_keeps_the_latest_runs_of_each_stage(chain3):
+    from onnxsplit.runtime.pipeline import TRACE_REQUESTS
+
+    outdir, _ = chain3
+    feeds = random_feeds(load_manifest(outdir).feed_specs(load_manifest(outdir).input_shapes), seed=2)
+    total = TRACE_REQUESTS + 40
+    with Pipeline(outdir, pin=False) as pipe:
+        for _ in pipe.map(feeds for _ in range(total)):
+            pass
+        spans = pipe.trace()
+    for k in range(3):
+        assert [s.request for s in spans if s.stage == k] == list(range(total - TRACE_REQUESTS, total))
+    _check_spans(spans, 3)
+
+
+@timeout(60)
+def test_trace_leaves_out_failed_runs(transformer):
+    with Pipeline(transformer, pin=False) as pipe:
+        good = pipe.submit(_ids(0))
+        bad = pipe.submit({"input_ids": np.zeros((4, 32), dtype=np.float32)})  # wrong dtype: stage 0 fails
+        last = pipe.submit(_ids(1))
+        good.result(), last.result()
+        with pytest.raises(StageError):
+            bad.result()
+        spans = pipe.trace()
+    assert sorted({s.request for s in spans}) == [0, 2]
+    _check_spans(spans, 2)
+
+
+def test_ray_pipeline_records_no_spans():
+    from onnxsplit.runtime.ray_engine import RayPipeline
+
+    # No Ray needed: the in-process workers are what records spans, and a Ray pipeline has none.
+    assert Pipeline.trace(object.__new__(RayPipeline)) == ()
