@@ -2,16 +2,19 @@
 
     python tools/report_screenshot.py docs/report.png [--html report.html] [--height 2000] [--bench-seconds 2]
 
-The split, bench and report run as the README's commands do (``python -m
-onnxsplit ...``); the page is opened in headless Chromium (Debian's
-/usr/bin/chromium, through playwright) 1200 px wide, its top ``--height``
-pixels kept, and the PNG reduced to a palette so it stays small enough to sit
-in the repository (under ``--max-kb``).
+The split and bench run as the README's commands do (``python -m onnxsplit
+...``) in a scratch folder, the report through ``write_report``; the page is
+opened in headless Chromium (Debian's /usr/bin/chromium, through playwright)
+1200 px wide, its top ``--height`` pixels kept, and the PNG reduced to a
+palette so it stays small enough to sit in the repository (under
+``--max-kb``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "export"))
 
 from browser import WIDTH, missing, open_page  # noqa: E402  (the test suite's browser harness)
+from onnxsplit.export.report import write_report  # noqa: E402
 
 MODEL = ROOT / "models" / "transformer.onnx"
 
 
-def onnxsplit(*argv: object) -> str:
-    """Run one onnxsplit command; its stdout. A failure stops the script with the command's own error."""
+def onnxsplit(*argv: object, cwd: Path) -> str:
+    """Run one onnxsplit command of this checkout in ``cwd``; its stdout. A failure stops the script."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     done = subprocess.run([sys.executable, "-m", "onnxsplit", *map(str, argv)], capture_output=True, text=True,
-                          cwd=ROOT)
+                          cwd=cwd, env=env)
     if done.returncode != 0:
         sys.exit(f"onnxsplit {' '.join(map(str, argv))} failed:\n{done.stderr.strip()}")
     return done.stdout
@@ -61,19 +66,29 @@ def main(argv: list[str] | None = None) -> int:
     if (why := missing()) is not None:
         sys.exit(f"cannot take the screenshot: {why}")
 
+    png = args.png.resolve()
+    html = args.html.resolve() if args.html else None
     with tempfile.TemporaryDirectory(prefix="onnxsplit-screenshot-") as tmp:
         work = Path(tmp)
-        out = work / "transformer"
-        onnxsplit("split", MODEL, "--devices", 4, "--input-shape", "input_ids:4x32", "-o", out)
-        bench = work / "bench.json"
-        bench.write_text(onnxsplit("bench", out, "--seconds", args.bench_seconds, "--rounds", 1, "--json"))
-        html = args.html or work / "report.html"
-        onnxsplit("report", out, "-o", html, "--bench", bench, "--force")
-        visit = open_page(html, screenshot=work / "full.png", width=WIDTH)
+        # The page names the split folder and the model: run in a scratch folder with relative paths, so the
+        # picture shows "transformer.onnx", not where this checkout happens to live.
+        shutil.copy(MODEL, work / MODEL.name)
+        onnxsplit("split", MODEL.name, "--devices", 4, "--input-shape", "input_ids:4x32", "-o", "split", cwd=work)
+        (work / "bench.json").write_text(onnxsplit("bench", "split", "--seconds", args.bench_seconds, "--rounds", 1,
+                                                   "--json", cwd=work))
+        here = Path.cwd()
+        os.chdir(work)
+        try:
+            write_report("split", "report.html", bench="bench.json")
+        finally:
+            os.chdir(here)
+        if html is not None:
+            shutil.copy(work / "report.html", html)
+        visit = open_page(work / "report.html", screenshot=work / "full.png", width=WIDTH)
         if visit.problems:
             sys.exit("the report did not render cleanly:\n" + "\n".join(visit.problems))
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        width, height, colours, size = shrink(work / "full.png", args.png, height=args.height,
+        png.parent.mkdir(parents=True, exist_ok=True)
+        width, height, colours, size = shrink(work / "full.png", png, height=args.height,
                                               max_bytes=args.max_kb * 1000)
     print(f"{args.png}: {width}x{height} px, {colours} colours, {size / 1000:.0f} KB")
     if size > args.max_kb * 1000:
