@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
                       help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
     common.add_output(p, what="folder to write stage_K.onnx, manifest.json, plan.json")
+    p.add_argument("--report", default=None, metavar="REPORT.html",
+                   help="also write the plan report (HTML, see `onnxsplit report`) to this file after the split")
     common.add_json(p)
     p.set_defaults(run=run)
 
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.inputs is not None:
         options["inputs"] = args.inputs
     outdir = Path(args.output)
+    if args.report is not None:
+        common.check_output_file(args.report, force=args.force, flag="--report")
     before = _manifest_state(outdir)
     try:
         rounds = []
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
                 result = split(args.model, outdir, **options)
         for w in result.warnings:
             common.warn(w)
+        if args.report is not None:
+            _write_report(args, result)
         if args.json:
             common.print_json(_document(args, result, rounds))
         else:
@@ -77,6 +83,15 @@ def run(args: argparse.Namespace) -> int:
             raise common.Interrupted(f"the split in {outdir} had completed") from None
         raise
     return 0
+
+
+def _write_report(args: argparse.Namespace, result) -> None:
+    from onnxsplit.export.report import write_report
+
+    report = Path(args.report)
+    with common.status("writing the report..."), common.writing(report, flag="--report"):
+        write_report(result.outdir, report, model_path=args.model, profile_path=args.profile, costs=args.costs,
+                     devices=result.devices)
 
 
 def _stage_rows(result) -> list[dict[str, Any]]:

@@ -38,14 +38,15 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
 table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; vertical-align: top; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+th { background: #f4f4f4; } td { white-space: nowrap; } td.l, th.l { text-align: left; white-space: normal; }
 tr.bottleneck td { background: #fbe9e7; font-weight: 600; }
 .figure { overflow: auto; max-height: 80vh; border: 1px solid #eee; margin: .6em 0; }
-.figure svg { display: block; max-width: none; height: auto; }
+.figure svg { display: block; max-width: 100%; height: auto; }
 .chart svg { max-width: 100%; height: auto; }
 .swatch { display: inline-block; width: .9em; height: .9em; border: 1px solid #555; vertical-align: middle; }
 .note { color: #555; font-size: .9em; }
 code { font-size: .95em; }
+table.nodes td:nth-child(2), table.nodes td:nth-child(3), table.nodes td:nth-child(6) { text-align: left; }
 """
 
 
@@ -253,10 +254,11 @@ def _slowest_section(data: ReportData) -> str:
         total = math.fsum(r.time_ms for r in rows)
         trs = [_row([escape(r.name), escape(r.op_type), ms(r.time_ms), pct(r.time_ms / total if total else None),
                      escape(r.source), escape(", ".join(r.fused_with)) or "—"], left=(0, 1, 4, 5)) for r in top]
-        parts.append(f"<h3>{_swatch(s)} Stage {s} ({len(rows)} nodes, {ms(total)})</h3>"
+        parts.append(f"<h3>{_swatch(s)} Stage {s} ({len(rows)} operators with the constants it copies, {ms(total)} in all)</h3>"
                      + _table(["node", "op", "time", "of stage", "source", "fused with"], trs, left=(0, 1, 4, 5)))
+    # Thousands of rows: alignment comes from the style sheet, not from an attribute on every cell.
     all_rows = [_row([str(r.index), escape(r.name), escape(r.op_type), str(r.stage), ms(r.time_ms),
-                      escape(r.source)], left=(1, 2, 5)) for r in data.nodes]
+                      escape(r.source)]) for r in data.nodes]
     parts.append(f"<details><summary>All {len(data.nodes)} nodes</summary>"
                  + _table(["#", "node", "op", "stage", "time", "source"], all_rows, left=(1, 2, 5), cls="nodes")
                  + "</details></section>")

@@ -48,10 +48,13 @@ def render_svg(source: str) -> str:
     return strip_prolog(svg)
 
 
+_COMMENT = re.compile(r"<!--.*?-->\n?", re.S)
+
+
 def strip_prolog(svg: str) -> str:
-    """The ``<svg>`` element alone: no XML declaration, DOCTYPE (which names a DTD URL) or comments before it."""
+    """The ``<svg>`` element alone: no XML declaration, no DOCTYPE (it names a DTD URL), no comments (weight)."""
     start = svg.find("<svg")
-    return svg[start:].strip() if start >= 0 else svg
+    return _COMMENT.sub("", svg[start:] if start >= 0 else svg).strip()
 
 
 def _quote(text: str) -> str:
@@ -194,13 +197,23 @@ def condensed_dag_source(data: ReportData, *, limit: int = GROUP_LIMIT) -> str:
                                                 **{"class": f"group stage-{s}"}))
         lines.append("}")
     _io_nodes(data, lines)
+    # A hand-off is sent once to each stage that reads it: one edge per (producing box, reading stage), drawn to
+    # the box in that stage that reads it first, rather than a fan of edges to every reader.
+    first_reader: dict[tuple[str, int], int] = {}
+    for e in data.edges:
+        s = data.nodes[e.consumer].stage
+        if data.nodes[e.producer].stage != s and e.tensor in handoffs:
+            key = (e.tensor, s)
+            first_reader[key] = min(first_reader.get(key, e.consumer), e.consumer)
     carried: dict[tuple[int, int], list[str]] = defaultdict(list)
     plain: set[tuple[int, int]] = set()
     for e in data.edges:
         a, b = g.group_of[e.producer], g.group_of[e.consumer]
         if a == b:
             continue
-        if data.nodes[e.producer].stage != data.nodes[e.consumer].stage and e.tensor in handoffs:
+        s = data.nodes[e.consumer].stage
+        if data.nodes[e.producer].stage != s and e.tensor in handoffs:
+            b = g.group_of[first_reader[(e.tensor, s)]]
             if e.tensor not in carried[(a, b)]:
                 carried[(a, b)].append(e.tensor)
         else:
@@ -233,7 +246,6 @@ def operator_svg(data: ReportData, *, full_limit: int = FULL_DAG_LIMIT) -> tuple
 def stage_graph_source(data: ReportData) -> str:
     """One box per stage (device, predicted load, memory), one edge per producer-consumer pair with its bytes."""
     lines = _header("stages")
-    lines[1] = lines[1].replace('rankdir="TB"', 'rankdir="LR"')
     m = data.manifest
     bottleneck = data.bottleneck
     for st in m.stages:
