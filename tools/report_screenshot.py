@@ -2,12 +2,12 @@
 
     python tools/report_screenshot.py docs/report.png [--html report.html] [--height 2000] [--bench-seconds 2]
 
-The split and bench run as the README's commands do (``python -m onnxsplit
-...``) in a scratch folder, the report through ``write_report``; the page is
-opened in headless Chromium (Debian's /usr/bin/chromium, through playwright)
-1200 px wide, its top ``--height`` pixels kept, and the PNG reduced to a
-palette so it stays small enough to sit in the repository (under
-``--max-kb``).
+The split, bench and report run as the README's commands do (``python -m
+onnxsplit ...``) in a scratch folder, so the page names no local paths; the
+page is opened in headless Chromium (Debian's /usr/bin/chromium, through
+playwright) 1200 px wide, its top ``--height`` pixels kept, and the PNG
+reduced to a palette so it stays small enough to sit in the repository
+(under ``--max-kb``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "export"))
 
 from browser import WIDTH, missing, open_page  # noqa: E402  (the test suite's browser harness)
-from onnxsplit.export.report import write_report  # noqa: E402
 
 MODEL = ROOT / "models" / "transformer.onnx"
 
@@ -76,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         onnxsplit("split", MODEL.name, "--devices", 4, "--input-shape", "input_ids:4x32", "-o", "split", cwd=work)
         (work / "bench.json").write_text(onnxsplit("bench", "split", "--seconds", args.bench_seconds, "--rounds", 1,
                                                    "--json", cwd=work))
-        here = Path.cwd()
-        os.chdir(work)
-        try:
-            write_report("split", "report.html", bench="bench.json")
-        finally:
-            os.chdir(here)
+        onnxsplit("report", "split", "-o", "report.html", "--bench", "bench.json", "--devices", 4, cwd=work)
         if html is not None:
             shutil.copy(work / "report.html", html)
         visit = open_page(work / "report.html", screenshot=work / "full.png", width=WIDTH)

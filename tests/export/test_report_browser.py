@@ -16,7 +16,6 @@ import pytest
 
 from browser import colours, missing, open_page
 from conftest import MODELS, ROOT
-from onnxsplit.export.report import write_report
 from onnxsplit.manifest import load_manifest
 from onnxsplit.planfile import load_plan
 from onnxsplit.runtime.benchfile import load_bench
@@ -177,7 +176,8 @@ def report(tmp_path_factory):
     _cli("split", MODELS / "transformer.onnx", "--devices", 4, "--input-shape", "input_ids:4x32", "-o", out)
     bench_file = work / "bench.json"
     bench_file.write_text(_cli("bench", out, "--seconds", 1, "--rounds", 1, "--json"))
-    html = write_report(out, work / "report.html", bench=bench_file)
+    html = work / "report.html"
+    _cli("report", out, "-o", html, "--bench", bench_file)
     visit = open_page(html, screenshot=work / "report.png")
     return out, bench_file, html, visit
 
