@@ -28,11 +28,9 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from onnxsplit.export.report import write_report
 
-import make_models  # noqa: E402
-from onnxsplit.export.report import write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Graphviz writes each drawn node and edge as an SVG group; the report classes operators, groups and hand-offs.
 OPERATOR = re.compile(r"<g\b[^>]*\bclass=\"node op\b")
@@ -73,6 +71,9 @@ def main() -> None:
     parser.add_argument("--bench-seconds", type=float, default=1.0, help="length of each bench measurement")
     args = parser.parse_args()
 
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_models
+
     # Import what the report draws with once, so the first row does not pay for it.
     import graphviz  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
@@ -90,7 +91,8 @@ def main() -> None:
                         args.bench_seconds)
 
     table = Table(title="onnxsplit report: page weight and time to write (4 devices)")
-    for column in ("model", "nodes", "--bench", "page", "seconds", "operators drawn", "groups drawn", "hand-offs drawn"):
+    columns = ("model", "nodes", "--bench", "page", "seconds", "operators drawn", "groups drawn", "hand-offs drawn")
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, nodes, bench, size, seconds, operators, groups, handoffs in rows:
         table.add_row(name, f"{nodes:,}", bench, f"{size / 1e3:,.0f} kB", f"{seconds:.2f}", f"{operators:,}",

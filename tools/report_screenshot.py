@@ -21,10 +21,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "export"))
-
-from browser import WIDTH, missing, open_page  # noqa: E402  (the test suite's browser harness)
-
 MODEL = ROOT / "models" / "transformer.onnx"
 
 
@@ -62,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-kb", type=int, default=400, help="the PNG's size limit in KB")
     parser.add_argument("--bench-seconds", type=float, default=2.0, help="length of the bench's measurement")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "tests" / "export"))
+    from browser import WIDTH, missing, open_page  # the test suite's browser harness
+
     if (why := missing()) is not None:
         sys.exit(f"cannot take the screenshot: {why}")
 
