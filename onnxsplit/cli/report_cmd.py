@@ -24,7 +24,7 @@ def add_report_devices(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default=None, metavar="N|FILE",
                    help="the devices the split was made for (a split folder does not record their memory)")
     g.add_argument("--device-memory", default=None, metavar="SIZE",
-                   help="memory of each device with --devices N, e.g. 8G (default unlimited)")
+                   help="memory of each device with --devices N, e.g. 8G (default: unlimited, or the file's)")
 
 
 def report_devices(args: argparse.Namespace):

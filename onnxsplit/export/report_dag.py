@@ -160,16 +160,10 @@ def group_nodes(data: ReportData, *, limit: int = GROUP_LIMIT) -> Grouping:
     best: Grouping | None = None
     for depth in range(1, max(max_depth, 1) + 1):
         index: dict[tuple[int, str], int] = {}
-        group_of = []
-        for r in data.nodes:
-            key = (r.stage, scope_of(r.name, depth))
-            group_of.append(index.setdefault(key, len(index)))
-        grouping = Grouping(depth, tuple(group_of), tuple(index))
+        group_of = tuple(index.setdefault((r.stage, scope_of(r.name, depth)), len(index)) for r in data.nodes)
         if best is not None and len(index) > limit:
             break
-        best = grouping
-        if len(index) > limit:
-            break
+        best = Grouping(depth, group_of, tuple(index))
     assert best is not None
     return best
 
@@ -191,7 +185,7 @@ def condensed_dag_source(data: ReportData, *, limit: int = GROUP_LIMIT) -> str:
                      f'color={_quote(stage_colour(s))}];')
         for gi, (stage, scope) in enumerate(g.keys):
             if stage == s:
-                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{count[gi]} nodes, {_ms(time[gi])}",
+                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{count[gi]} node{'' if count[gi] == 1 else 's'}, {_ms(time[gi])}",
                                                 fillcolor=stage_colour(s), id=f"group{gi}",
                                                 tooltip=f"stage {s}: {scope} ({count[gi]} nodes)",
                                                 **{"class": f"group stage-{s}"}))

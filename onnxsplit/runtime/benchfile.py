@@ -188,6 +188,8 @@ def load_bench(path: str | os.PathLike) -> BenchResult:
         spread_limit=r.number(field("spread_limit"), "spread_limit"),
         timeline=timeline,
     )
+    if not result.spread_limit >= 0:  # as bench refuses it: NaN fails too
+        raise r.fail("spread_limit", f"must be zero or more, got {result.spread_limit}")
     # The derived figures are printed for people; a file whose figures contradict them was edited or damaged.
     for key in ("vs_original_1", "vs_original_n", "spread"):
         if key in doc:

@@ -280,3 +280,22 @@ def test_without_dot_the_report_says_it_needs_graphviz(chain_split, tmp_path, mo
         write_report(chain_split, tmp_path / "r.html")
     assert "Graphviz's dot" in one_line(exc)
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.slow
+def test_a_10000_node_model_gives_a_condensed_page_of_reasonable_weight(tmp_path):
+    import make_models
+
+    model = make_models.make_deep_transformer(56)
+    assert len(model.graph.node) >= 10_000
+    src = tmp_path / "deep.onnx"
+    make_models.save(model, src)
+    out = tmp_path / "split"
+    split(src, out, devices=4, input_shapes={"input_ids": (2, 16)}, costs="estimate")
+    text = html.unescape(write_report(out, tmp_path / "r.html", costs="estimate").read_text())
+    assert 'data-view="condensed"' in text
+    groups = re.findall(r'<g id="group\d+" class="node group stage-\d+"', text)
+    assert 0 < len(groups) <= report_dag.GROUP_LIMIT
+    assert f"All {len(model.graph.node)} nodes" in text
+    # Every operator has a row, yet the page stays a few megabytes at most (1.5 MB when this was written).
+    assert len(text.encode()) < 4_000_000

@@ -220,14 +220,15 @@ def check_timeline(spans: tuple[TimelineSpan, ...], stages: int) -> None:
 
 
 def test_bench_records_a_timeline(transformer):
-    result = _within(bench, transformer, seconds=0.3, warmup=0.05, rounds=2)
+    result = _within(bench, transformer, seconds=0.4, warmup=0.05, rounds=1)
     check_timeline(result.timeline, 2)
-    # The window is long enough for a full timeline on any machine that runs the tests.
+    # Hundreds of requests fit in the window even on a loaded machine, so the timeline is full.
     assert len({s.request for s in result.timeline}) == TIMELINE_REQUESTS
-    # The spans are the stages' busy time, so a stage's mean span is close to its measured mean.
+    # The spans come from inside the measured window, and are part of each stage's busy time there.
+    window_ms = result.pipeline.seconds * 1e3
+    assert max(s.end_ms for s in result.timeline) <= window_ms
     for k, stage in enumerate(result.stages):
-        mean = sum(s.end_ms - s.start_ms for s in result.timeline if s.stage == k) / TIMELINE_REQUESTS
-        assert 0.2 * stage.measured_ms < mean < 5 * stage.measured_ms
+        assert sum(s.end_ms - s.start_ms for s in result.timeline if s.stage == k) <= stage.busy * window_ms * 1.01
     doc = json.loads(json.dumps(result.as_dict()))
     assert doc["timeline"][0] == {"request": 0, "stage": 0, "start_ms": 0.0, "end_ms": result.timeline[0].end_ms}
     assert len(doc["timeline"]) == len(result.timeline)
@@ -251,3 +252,11 @@ def test_timeline_keeps_the_last_whole_requests_of_the_window():
     assert {s.request for s in timeline(_spans(rows), 2, opened=0.0, closed=100.0, requests=4)} == {0, 1, 2, 3}
     assert timeline(_spans(rows), 2, opened=50.0, closed=60.0) == ()
     assert timeline((), 2, opened=0.0, closed=1.0) == ()
+
+
+def test_ray_engine_bench_has_an_empty_timeline(transformer):
+    pytest.importorskip("ray")
+    # Ray actors record no spans: the result says so by an empty timeline, not by a warning.
+    result = _within(bench, transformer, seconds=0.2, warmup=0.0, rounds=1, engine="ray", spread_limit=math.inf)
+    assert result.timeline == () and result.pipeline.requests >= 1
+    assert result.as_dict()["timeline"] == [] and result.warnings == ()

@@ -88,6 +88,7 @@ def _damage(doc, where, value):
     (["timeline", 2], "span", "timeline[2]: expected an object"),
     (["vs_original_1"], 123456.0, "vs_original_1: 123456.0 disagrees"),
     (["reliable"], "yes", "reliable: expected true or false"),
+    (["spread_limit"], "-inf", "spread_limit: must be zero or more"),
 ])
 def test_a_damaged_file_is_refused_naming_the_field(measured, tmp_path, where, value, field):
     _, result = measured
