@@ -267,3 +267,27 @@ def test_every_figure_equals_the_split_and_bench_files(report):
 ])
 def test_shown_values_are_read_with_their_units(text, key, value, ok):
     assert shows(text, key, value) is ok
+
+
+@needs_browser
+@pytest.mark.slow
+def test_a_10000_node_report_renders_cleanly(tmp_path):
+    """The condensed view of a deep transformer: a page of megabytes still renders, clean, with every figure."""
+    import make_models
+
+    deep = make_models.make_deep_transformer(56)
+    assert len(deep.graph.node) >= 10_000
+    model = tmp_path / "deep_transformer.onnx"
+    make_models.save(deep, model)
+    out = tmp_path / "split"
+    _cli("split", model, "--devices", 4, "--input-shape", "input_ids:2x16", "--costs", "estimate", "-o", out)
+    html = tmp_path / "report.html"
+    _cli("report", out, "-o", html, "--costs", "estimate")
+    visit = open_page(html)
+    assert visit.problems == ()
+    manifest = load_manifest(out)
+    keys = {f.key for f in visit.fields}
+    for stage in manifest.stages:
+        for name in STAGE_KEYS:
+            assert f"stage.{stage.index}.{name}" in keys
+    assert "bench" not in visit.ids and "timeline" not in visit.ids
