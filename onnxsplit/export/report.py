@@ -254,7 +254,8 @@ def _slowest_section(data: ReportData) -> str:
         total = math.fsum(r.time_ms for r in rows)
         trs = [_row([escape(r.name), escape(r.op_type), ms(r.time_ms), pct(r.time_ms / total if total else None),
                      escape(r.source), escape(", ".join(r.fused_with)) or "—"], left=(0, 1, 4, 5)) for r in top]
-        parts.append(f"<h3>{_swatch(s)} Stage {s} ({len(rows)} operators with the constants it copies, {ms(total)} in all)</h3>"
+        parts.append(f"<h3>{_swatch(s)} Stage {s} ({len(rows)} operators with the constants it copies, "
+                     f"{ms(total)} in all)</h3>"
                      + _table(["node", "op", "time", "of stage", "source", "fused with"], trs, left=(0, 1, 4, 5)))
     # Thousands of rows: alignment comes from the style sheet, not from an attribute on every cell.
     all_rows = [_row([str(r.index), escape(r.name), escape(r.op_type), str(r.stage), ms(r.time_ms),

@@ -155,7 +155,7 @@ class Grouping:
 
 
 def group_nodes(data: ReportData, *, limit: int = GROUP_LIMIT) -> Grouping:
-    """Nodes grouped by (stage, scope), at the deepest scope depth giving at most ``limit`` groups (at least depth 1)."""
+    """Nodes grouped by (stage, scope), at the deepest scope depth with at most ``limit`` groups (depth 1 at least)."""
     max_depth = max((len([p for p in r.name.split("/")[:-1] if p]) for r in data.nodes), default=0)
     best: Grouping | None = None
     for depth in range(1, max(max_depth, 1) + 1):
@@ -185,7 +185,8 @@ def condensed_dag_source(data: ReportData, *, limit: int = GROUP_LIMIT) -> str:
                      f'color={_quote(stage_colour(s))}];')
         for gi, (stage, scope) in enumerate(g.keys):
             if stage == s:
-                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{count[gi]} node{'' if count[gi] == 1 else 's'}, {_ms(time[gi])}",
+                nodes = f"{count[gi]} node{'' if count[gi] == 1 else 's'}"
+                lines.append(f"g{gi} " + _attrs(label=f"{scope}\n{nodes}, {_ms(time[gi])}",
                                                 fillcolor=stage_colour(s), id=f"group{gi}",
                                                 tooltip=f"stage {s}: {scope} ({count[gi]} nodes)",
                                                 **{"class": f"group stage-{s}"}))

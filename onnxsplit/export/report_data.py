@@ -214,7 +214,8 @@ def gather_report(outdir: str | os.PathLike, *, bench: str | os.PathLike | None 
     input_reads = tuple((t, v) for v, reads in enumerate(info.reads) for t in dict.fromkeys(reads) if t in inputs)
     outputs = {name: info.producer[name] for name in info.outputs if name in info.producer}
     return ReportData(outdir=outdir, manifest=manifest, plan=plan, rounds=tuple(rounds), nodes=tuple(rows),
-                      edges=tuple(edges), graph_inputs=info.inputs, input_reads=input_reads, graph_outputs=outputs, times_from=phrase,
+                      edges=tuple(edges), graph_inputs=info.inputs, input_reads=input_reads,
+                      graph_outputs=outputs, times_from=phrase,
                       device_memory=memory, bench=bench_result, bench_path=None if bench is None else Path(bench))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import graphs
-from conftest import MODELS, one_line
+from conftest import MODELS, copy_split, one_line
 from onnxsplit.errors import ModelError, OnnxSplitError, UsageError
 from onnxsplit.export import report_dag
 from onnxsplit.export.report import write_report
@@ -189,10 +189,7 @@ def test_the_same_inputs_give_the_same_page(transformer, tmp_path):
 def test_refine_rounds_are_shown(chain_split, tmp_path):
     from onnxsplit.refine import Round
 
-    out = tmp_path / "copy"
-    from conftest import copy_split
-
-    copy_split(chain_split, out)
+    out, _ = copy_split(chain_split, tmp_path / "copy")
     doc = json.loads((out / "plan.json").read_text())
     doc["refine"] = [Round(0, 1.5, 2.25, 100.0, True).as_dict(), Round(1, 1.25, 2.5, 90.0, False).as_dict()]
     (out / "plan.json").write_text(json.dumps(doc))
@@ -217,7 +214,7 @@ def test_a_missing_split_folder(tmp_path):
 
 
 def test_a_damaged_manifest(chain_split, tmp_path):
-    out, _ = __import__("conftest").copy_split(chain_split, tmp_path / "copy")
+    out, _ = copy_split(chain_split, tmp_path / "copy")
     (out / "manifest.json").write_text('{"format": "onnxsplit.manifest", "version": 1, "stages": 3}')
     target = tmp_path / "pages"
     target.mkdir()
@@ -228,8 +225,6 @@ def test_a_damaged_manifest(chain_split, tmp_path):
 
 
 def test_a_moved_model_is_refused_then_found(chain_split, tmp_path):
-    from conftest import copy_split
-
     out, doc = copy_split(chain_split, tmp_path / "copy")
     model = Path(doc["source"]["path"])
     doc["source"]["path"] = str(tmp_path / "gone.onnx")
