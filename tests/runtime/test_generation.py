@@ -92,6 +92,28 @@ def test_generate_equals_the_original(splits, original, stages):
     assert got.tokens.shape == (2, 15)
 
 
+def decode_shapes(sig, *, cache: int = 8) -> dict[str, tuple[int, ...]]:
+    """Input shapes of one decode step of batch 1 after ``cache`` positions."""
+    shapes = {sig.ids: (1, 1), sig.positions: (1, 1), sig.mask: (1, cache + 1),
+              **{s.name: (1, *s.shape[1:sig.seq_axis], cache, *s.shape[sig.seq_axis + 1:]) for s in sig.state_specs}}
+    return {name: shape for name, shape in shapes.items() if name is not None}
+
+
+@timeout(120)
+def test_a_real_exporters_gpt2(tmp_path):
+    """GPT-2 as Optimum exports it (random weights), split in 2 by the solver."""
+    path = MODELS / "gpt2_tiny.onnx"
+    original = OriginalDecoder(path)
+    split(path, tmp_path / "out", devices=2, costs="estimate", input_shapes=decode_shapes(original.signature))
+    assert {p.stage for p in load_manifest(tmp_path / "out").state} == {0, 1}
+    prompts = [np.array([[5, 6, 7, 8], [1, 2, 3, 4]]), np.array([[9]]), np.arange(10, 30)[None]]
+    with Pipeline(tmp_path / "out", pin=False) as pipe:
+        futures = pipe.generate_many(prompts, 8)
+        assert _held(pipe) == [0, 0]
+    for future, prompt in zip(futures, prompts):
+        _same(future.result(), original.generate(prompt, 8))
+
+
 @timeout(120)
 def test_generate_many_equals_separate_generates(splits, original):
     prompts = _prompts(8)
