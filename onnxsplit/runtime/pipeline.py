@@ -552,7 +552,7 @@ class Pipeline:
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, *, max_seq_len: int | None = None,
                  choose: generation.Chooser = greedy) -> Generation:
-        """Greedy generation (or ``choose``'s) after ``prompt_ids``: see :func:`onnxsplit.runtime.generation.generate`."""
+        """Greedy generation (or ``choose``'s) after the prompt; see :func:`onnxsplit.runtime.generation.generate`."""
         from onnxsplit.runtime.generation import generate
 
         return generate(self, prompt_ids, max_new_tokens, max_seq_len=max_seq_len, choose=choose)

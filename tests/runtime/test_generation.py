@@ -52,8 +52,7 @@ def splits(tmp_path_factory):
         plan = folder / "plan.json"
         plan.write_text(json.dumps(layer_plan(DECODER, stages)))
         split(DECODER, folder / "out", devices=stages, plan=plan, costs="estimate",
-              input_shapes={"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, 9),
-                            **{f"past_key_values.{i}.{kv}": (1, 2, 8, 16) for i in range(4) for kv in ("key", "value")}})
+              input_shapes=decode_shapes(OriginalDecoder(DECODER).signature))
         out[stages] = folder / "out"
     return out
 
