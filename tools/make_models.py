@@ -9,7 +9,7 @@ IR version 8, so two runs write byte-identical files.
 The functions are importable too (``sys.path.insert(0, 'tools')``):
 ``make_transformer``, ``make_deep_transformer``, ``make_branchy_cnn``,
 ``make_control_flow``, ``make_fp16_mlp``, ``make_local_function``,
-``make_external_data_mlp``, ``make_detector``, ``write_bundled``, ``make_large_model`` and
+``make_external_data_mlp``, ``make_detector``, ``make_decoder``, ``write_bundled``, ``make_large_model`` and
 ``random_feeds``.
 """
 
@@ -583,6 +583,96 @@ def make_detector(
     )
 
 
+# --------------------------------------------------------------------------
+# Decoder with a KV cache, Optimum names
+
+
+def _heads_first(b: GraphBuilder, x: str, heads: int, scope: str) -> str:
+    """[batch, seq, hidden] -> [batch, heads, seq, head_dim]; Reshape's 0 keeps batch and seq as they are."""
+    x = b.op("Reshape", [x, b.const([0, 0, heads, -1], scope)], scope)
+    return b.op("Transpose", [x], scope, perm=[0, 2, 1, 3])
+
+
+def make_decoder(
+    *, layers: int = 4, hidden: int = 32, heads: int = 2, vocab: int = 64, max_positions: int = 128,
+    seed: int = 1008,
+) -> onnx.ModelProto:
+    """Pre-norm GPT-style decoder with a KV cache, named as Hugging Face Optimum exports one.
+
+    Inputs ``input_ids`` / ``position_ids`` int64 [batch_size, sequence_length],
+    ``attention_mask`` int64 [batch_size, total_sequence_length] and, per
+    layer N, ``past_key_values.N.key`` / ``.value`` float32 [batch_size, heads,
+    past_sequence_length, head_dim]; outputs ``logits`` [batch_size,
+    sequence_length, vocab] and ``present.N.key`` / ``.value`` = Concat(past,
+    new) on axis 2. Query i (absolute position total - sequence_length + i)
+    attends to the keys at positions <= its own whose mask is 1 (masked keys
+    get an additive -1e4, so a fully masked row stays finite). An empty past
+    (length 0) is a prefill. Position ids must be below ``max_positions``.
+    Weights are named ``transformer.h.N.<part>.weight`` / ``.bias`` (linear
+    weights stored [in, out]), so a reference can read them back.
+    """
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+    head_dim = hidden // heads
+    b = GraphBuilder(seed)
+    s = "/transformer"
+    wte = b.param("transformer.wte.weight", (vocab, hidden), 0.5)
+    wpe = b.param("transformer.wpe.weight", (max_positions, hidden), 0.1)
+    x = b.op("Add", [b.op("Gather", [wte, "input_ids"], s, axis=0),
+                     b.op("Gather", [wpe, "position_ids"], s, axis=0)], s)
+
+    # Additive mask [batch, 1, seq, total], shared by every layer: causal over absolute positions, and the
+    # attention mask's zeros. The total length comes from attention_mask, as GPT-2's export takes it.
+    s = "/transformer/mask"
+    seq = _dim(b, "input_ids", 1, s)
+    total = _dim(b, "attention_mask", 1, s)
+    key_pos = b.op("Range", [b.const(0, s), total, b.const(1, s)], s)  # [total]
+    query_pos = b.op("Range", [b.op("Sub", [total, seq], s), total, b.const(1, s)], s)  # [seq]
+    query_pos = b.op("Unsqueeze", [query_pos, b.const([1], s)], s)  # [seq, 1]
+    causal = b.op("LessOrEqual", [key_pos, query_pos], s)  # [seq, total]
+    keep = b.op("Cast", ["attention_mask"], s, to=BOOL)
+    keep = b.op("Unsqueeze", [keep, b.const([1, 2], s)], s)  # [batch, 1, 1, total]
+    keep = b.op("And", [causal, keep], s)  # [batch, 1, seq, total]
+    bias = b.op("Where", [keep, b.const(0.0, s, np.float32), b.const(-10000.0, s, np.float32)], s)
+
+    for i in range(layers):
+        s, p = f"/transformer/h.{i}", f"transformer.h.{i}"
+        h = _layer_norm(b, x, hidden, p + ".ln_1", s + "/ln_1")
+        a = s + "/attn"
+        q, k, v = (_heads_first(b, _linear(b, h, hidden, hidden, f"{p}.attn.{n}_proj", f"{a}/{n}_proj"), heads, a)
+                   for n in "qkv")
+        k = b.op("Concat", [f"past_key_values.{i}.key", k], a, axis=2, outputs=[f"present.{i}.key"])
+        v = b.op("Concat", [f"past_key_values.{i}.value", v], a, axis=2, outputs=[f"present.{i}.value"])
+        scores = b.op("MatMul", [q, b.op("Transpose", [k], a, perm=[0, 1, 3, 2])], a)
+        scores = b.op("Mul", [scores, b.const(1.0 / math.sqrt(head_dim), a, np.float32)], a)
+        probs = b.op("Softmax", [b.op("Add", [scores, bias], a)], a, axis=-1)
+        ctx = b.op("Transpose", [b.op("MatMul", [probs, v], a)], a, perm=[0, 2, 1, 3])
+        ctx = b.op("Reshape", [ctx, b.const([0, 0, hidden], a)], a)
+        x = b.op("Add", [x, _linear(b, ctx, hidden, hidden, p + ".attn.o_proj", a + "/o_proj")], s)
+
+        h = _layer_norm(b, x, hidden, p + ".ln_2", s + "/ln_2")
+        h = _linear(b, h, hidden, 4 * hidden, p + ".mlp.fc_in", s + "/mlp/fc_in")
+        h = _gelu(b, h, s + "/mlp/act")
+        h = _linear(b, h, 4 * hidden, hidden, p + ".mlp.fc_out", s + "/mlp/fc_out")
+        x = b.op("Add", [x, h], s)
+
+    x = _layer_norm(b, x, hidden, "transformer.ln_f", "/transformer/ln_f")
+    w = b.param("lm_head.weight", (hidden, vocab), 0.5)
+    b.op("MatMul", [x, w], "/lm_head", outputs=["logits"])
+
+    cache = ["batch_size", heads, "past_sequence_length", head_dim]
+    present = ["batch_size", heads, "total_sequence_length", head_dim]
+    inputs = [_vi("input_ids", INT64, ["batch_size", "sequence_length"]),
+              _vi("attention_mask", INT64, ["batch_size", "total_sequence_length"]),
+              _vi("position_ids", INT64, ["batch_size", "sequence_length"])]
+    outputs = [_vi("logits", FLOAT, ["batch_size", "sequence_length", vocab])]
+    for i in range(layers):
+        for part in ("key", "value"):
+            inputs.append(_vi(f"past_key_values.{i}.{part}", FLOAT, cache))
+            outputs.append(_vi(f"present.{i}.{part}", FLOAT, present))
+    return _model(b, "decoder", inputs, outputs)
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Write a self-contained model (raw bytes, no external-data handling)."""
     Path(path).write_bytes(model.SerializeToString())
@@ -609,6 +699,7 @@ BUNDLED: dict[str, Callable[[], onnx.ModelProto]] = {
     "fp16.onnx": make_fp16_mlp,
     "local_function.onnx": make_local_function,
     "external_data.onnx": make_external_data_mlp,
+    "decoder.onnx": make_decoder,
 }
 EXTERNAL = {"external_data.onnx"}
 
