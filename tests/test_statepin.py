@@ -241,3 +241,12 @@ def test_cli_says_where_the_pairs_are(models, tmp_path, capsys):
     assert main([*argv, "-o", str(tmp_path / "json"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"][2] == {"input": "past_key_values.1.key", "output": "present.1.key", "stage": 1}
+
+
+@pytest.mark.parametrize("solver", ["auto", "dp", "ip", "linear", "greedy"])
+def test_the_solvers_see_the_caches(models, tmp_path, solver):
+    """Devices that hold the model without its caches refuse it with them, whatever the solver."""
+    common = dict(devices=identical_devices(2, memory=200e3), input_shapes=SHAPES, costs="estimate", solver=solver)
+    assert len(split(models["optimum"], tmp_path / "plain", **common).manifest.stages) == 2
+    with pytest.raises(InfeasibleError, match=r"^the model needs \d+ bytes of memory, the devices have 400000 in all$"):
+        split(models["optimum"], tmp_path / "cached", max_seq_len=256, max_batch=4, **common)
