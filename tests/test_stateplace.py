@@ -24,7 +24,7 @@ def loaded(tmp_path_factory):
 
 
 def test_group_reads_the_past_makes_and_reads_the_present(loaded):
-    m, info = loaded
+    _, info = loaded
     names = [info.names[v] for v in state_group(info, PAIR)]
     assert names == ["l0_key_cache", "l0_kt"]
     assert [info.names[v] for v in state_group(info, StatePair("past_key_values.1.value", "present.1.value"))] == \
@@ -49,7 +49,7 @@ def test_the_growing_axis_is_the_one_whose_name_changes(tmp_path):
     assert cache_bytes(loaded, {"state_in": (2, 5, 8), "x": (2, 1, 8)}, pair, CacheLimits(10)) == 2 * 10 * 8 * 4
 
 
-@pytest.mark.parametrize("limits", [dict(max_seq_len=0), dict(max_seq_len=4, max_batch=0)])
+@pytest.mark.parametrize("limits", [{"max_seq_len": 0}, {"max_seq_len": 4, "max_batch": 0}])
 def test_limits_must_be_positive(limits):
     with pytest.raises(UsageError, match="expected a positive integer"):
         CacheLimits(**limits)
