@@ -51,7 +51,7 @@ def decoder(layers: int = 3, *, hidden: int = 8, heads: int = 2, vocab: int = 16
     h = "h0"
     for i in range(layers):
         names = {kv: (past.format(i=i, kv=kv), present.format(i=i, kv=kv)) for kv in ("key", "value")}
-        for kv, (p_in, p_out) in names.items():
+        for p_in, p_out in names.values():
             inputs.append(helper.make_tensor_value_info(
                 p_in, TensorProto.FLOAT, ["batch_size", heads, "past_sequence_length", d]))
             outputs.append(helper.make_tensor_value_info(

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import split_and_check
+from conftest import MODELS, split_and_check
 from graphs import chain, save
 from onnxsplit.cli.main import main
 from onnxsplit.devices import Link, identical_devices
@@ -68,15 +68,44 @@ def test_pairs_land_in_the_manifest_with_their_stage(models, tmp_path):
     assert len(result.graph.groups) == 2 * LAYERS
 
 
+def _bundled_shapes(path, *, past_len=6):
+    """One decode step after ``past_len`` tokens, for a bundled decoder (Optimum names)."""
+    import onnx
+
+    shapes = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, past_len + 1)}
+    for i in onnx.load(str(path)).graph.input:
+        if i.name.startswith("past_key_values."):
+            dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            shapes[i.name] = (1, dims[1], past_len, dims[3])
+    return shapes
+
+
 @pytest.mark.parametrize("solver", ["auto", "dp", "ip", "linear", "greedy"])
 @pytest.mark.parametrize("count", [2, 3, 4])
-def test_no_solver_separates_a_pair(models, tmp_path, solver, count):
-    result = split(models["optimum"], tmp_path / "out", devices=_free_links(count), input_shapes=SHAPES,
-                   costs="estimate", solver=solver, time_limit=30)
-    assert len(result.manifest.stages) > 1
-    assert _separated(result.manifest, _pairs()) == []
-    assert len(result.manifest.state) == 2 * LAYERS
+@pytest.mark.parametrize("which", ["built", "bundled"])
+def test_no_solver_separates_a_pair(models, tmp_path, solver, count, which):
+    if which == "built":  # free links: unpinned, these solvers cut through caches (see the test below)
+        src, devices, shapes, layers = models["optimum"], _free_links(count), SHAPES, LAYERS
+    else:
+        src, devices, layers = MODELS / "decoder.onnx", identical_devices(count), 4
+        shapes = _bundled_shapes(src)
+    result = split(src, tmp_path / "out", devices=devices, input_shapes=shapes, costs="estimate", solver=solver,
+                   time_limit=30)
+    m = result.manifest
+    assert len(m.stages) > 1 and len(m.state) == 2 * layers
+    assert _separated(m, [StatePair(s.input, s.output) for s in m.state]) == []
     load_manifest(tmp_path / "out")  # the checked reader agrees
+
+
+def test_a_real_exporters_decoder(tmp_path):
+    """GPT-2 as Optimum exports it: its first cache is also read by a Shape node (the past length) far upstream."""
+    src = MODELS / "gpt2_tiny.onnx"
+    result, report = split_and_check(src, tmp_path / "out", 3, input_shapes=_bundled_shapes(src), costs="estimate")
+    assert report.passed
+    m = result.manifest
+    assert [(s.input, s.output) for s in m.state] == [(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}")
+                                                      for i in range(2) for kv in ("key", "value")]
+    assert _separated(m, [StatePair(s.input, s.output) for s in m.state]) == []
 
 
 def test_unpinned_pairs_would_be_separated(models, tmp_path):
@@ -212,3 +241,12 @@ def test_cli_says_where_the_pairs_are(models, tmp_path, capsys):
     assert main([*argv, "-o", str(tmp_path / "json"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"][2] == {"input": "past_key_values.1.key", "output": "present.1.key", "stage": 1}
+
+
+@pytest.mark.parametrize("solver", ["auto", "dp", "ip", "linear", "greedy"])
+def test_the_solvers_see_the_caches(models, tmp_path, solver):
+    """Devices that hold the model without its caches refuse it with them, whatever the solver."""
+    common = dict(devices=identical_devices(2, memory=200e3), input_shapes=SHAPES, costs="estimate", solver=solver)
+    assert len(split(models["optimum"], tmp_path / "plain", **common).manifest.stages) == 2
+    with pytest.raises(InfeasibleError, match=r"^the model needs \d+ bytes of memory, the devices have 400000 in all$"):
+        split(models["optimum"], tmp_path / "cached", max_seq_len=256, max_batch=4, **common)
