@@ -8,7 +8,9 @@ the files it names, so a hand-edited or damaged file fails with one line
 naming the file and the field instead of a KeyError deep in a reader.
 
 ``to_json`` writes exactly the keys, in exactly the order, that version 1
-has always had: tools outside onnxsplit read this file.
+has always had: tools outside onnxsplit read this file. The one optional
+key, ``state`` (a decoder's cache pairs), comes last and only when the
+model has state, so a manifest without state is what it always was.
 """
 
 from __future__ import annotations
@@ -122,6 +124,22 @@ class PredictedLoad:
 
 
 @dataclass(frozen=True)
+class StateSpec:
+    """A state pair (a model input fed each step with a model output of the step before) and its stage.
+
+    ``stage`` is the only stage that reads ``input`` and the one that makes
+    ``output``: the state stays there between steps and never travels.
+    """
+
+    input: str
+    output: str
+    stage: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "stage": self.stage}
+
+
+@dataclass(frozen=True)
 class Stage:
     index: int  # position in pipeline order
     file: str  # the stage model, relative to the split folder
@@ -186,6 +204,7 @@ class Manifest:
     handoffs: tuple[Handoff, ...]
     plan_file: str
     predicted_bottleneck_ms: float
+    state: tuple[StateSpec, ...] = ()
 
     # -- paths --
 
@@ -212,6 +231,10 @@ class Manifest:
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
 
+    def state_of(self, k: int) -> tuple[StateSpec, ...]:
+        """The state pairs stage ``k`` keeps, in manifest order."""
+        return tuple(p for p in self.state if p.stage == k)
+
     def feed_specs(self, shapes: Mapping[str, Sequence[int]] | None = None,
                    ) -> list[tuple[str, str | None, tuple[int, ...]]]:
         """(name, dtype, shape) of every model input, at ``shapes`` or the split's input shapes."""
@@ -221,7 +244,7 @@ class Manifest:
     # -- files --
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "source": {"path": self.source.path, "sha256": self.source.sha256, "ir_version": self.source.ir_version},
@@ -233,6 +256,9 @@ class Manifest:
             "plan": self.plan_file,
             "predicted_bottleneck_ms": self.predicted_bottleneck_ms,
         }
+        if self.state:
+            doc["state"] = [p.to_json() for p in self.state]
+        return doc
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the manifest to ``path`` atomically (a reader never sees half a file)."""
@@ -251,7 +277,10 @@ class Manifest:
         are unique where they must be, that every model input has a known
         dtype and a shape in ``input_shapes`` of the same rank, that
         ``handoffs[]`` and ``outputs[]`` agree with the stages' own inputs and
-        outputs, and that the files it names lie inside the split folder.
+        outputs, that the files it names lie inside the split folder, and
+        that each ``state`` pair's input is a model input no other stage
+        reads and its output a model output of the same dtype made by the
+        pair's stage.
         """
         path = Path(where)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -14,7 +14,7 @@ from typing import Any
 
 from onnxsplit.errors import ModelError
 from onnxsplit.manifest import (Dim, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
-                                StageInput, StageOutput, TensorSpec)
+                                StageInput, StageOutput, StateSpec, TensorSpec)
 
 
 def read_checked(doc: dict[str, Any], path: Path, *, check_files: bool = True) -> Manifest:
@@ -23,6 +23,7 @@ def read_checked(doc: dict[str, Any], path: Path, *, check_files: bool = True) -
     _check_names(manifest, path)
     _check_routing(manifest, path)
     _check_handoffs(manifest, path)
+    _check_state(manifest, path)
     if check_files:
         _check_files(manifest, path)
     return manifest
@@ -154,6 +155,18 @@ class _Reader:
                        tuple(self.stages_list(self.get(t, "consumers", where), f"{where}.consumers")),
                        self.as_int(self.get(t, "bytes_per_sample", where), f"{where}.bytes_per_sample", optional=True))
 
+    def state(self, doc: dict[str, Any]) -> tuple[StateSpec, ...]:
+        if "state" not in doc:  # a model without state pairs
+            return ()
+        pairs = []
+        for j, x in enumerate(self.as_list(doc["state"], "state")):
+            where = f"state[{j}]"
+            p = self.as_obj(x, where)
+            pairs.append(StateSpec(self.as_str(self.get(p, "input", where), f"{where}.input"),
+                                   self.as_str(self.get(p, "output", where), f"{where}.output"),
+                                   self.as_int(self.get(p, "stage", where), f"{where}.stage")))
+        return tuple(pairs)
+
     def manifest(self, doc: dict[str, Any]) -> Manifest:
         src = self.as_obj(self.get(doc, "source", ""), "source")
         source = Source(self.as_str(self.get(src, "path", "source"), "source.path"),
@@ -200,6 +213,7 @@ class _Reader:
             plan_file=self.as_str(self.get(doc, "plan", ""), "plan"),
             predicted_bottleneck_ms=self.as_number(self.get(doc, "predicted_bottleneck_ms", ""),
                                                    "predicted_bottleneck_ms"),
+            state=self.state(doc),
         )
 
 
@@ -376,6 +390,47 @@ def _check_routing(m: Manifest, path: Path) -> None:
         for c in h.consumers:
             if not 0 <= c < n:
                 raise fail(f"handoffs[{j}].consumers", f"stage {c} does not exist (the split has {n})")
+
+
+def _check_state(m: Manifest, path: Path) -> None:
+    """Each state pair stays on its stage: its input read there only, its output made there, one dtype.
+
+    Runs after :func:`_check_routing`: every stage a graph output names exists.
+    """
+
+    def fail(where: str, problem: str) -> ModelError:
+        return ModelError(f"{path}: {where}: {problem}")
+
+    inputs = {i.name: i for i in m.inputs}
+    outputs = {o.name: o for o in m.outputs}
+    seen_in: dict[str, int] = {}
+    seen_out: dict[str, int] = {}
+    n = len(m.stages)
+    for j, p in enumerate(m.state):
+        where = f"state[{j}]"
+        if p.input in seen_in:
+            raise fail(f"{where}.input", f"{p.input!r} is in state[{seen_in[p.input]}] already")
+        if p.output in seen_out:
+            raise fail(f"{where}.output", f"{p.output!r} is in state[{seen_out[p.output]}] already")
+        seen_in[p.input], seen_out[p.output] = j, j
+        if not 0 <= p.stage < n:
+            raise fail(f"{where}.stage", f"stage {p.stage} does not exist (the split has {n})")
+        if p.input not in inputs:
+            raise fail(f"{where}.input", f"{p.input!r} is not a model input")
+        if p.output not in outputs:
+            raise fail(f"{where}.output", f"{p.output!r} is not a model output")
+        readers = [k for k, s in enumerate(m.stages) if any(i.name == p.input for i in s.inputs)]
+        others = [k for k in readers if k != p.stage]
+        if others:
+            raise fail(f"{where}.input", f"{p.input!r} is read by stage {others[0]}, not only by stage {p.stage}")
+        if p.stage not in readers:
+            raise fail(f"{where}.input", f"stage {p.stage} does not read {p.input!r}")
+        made = outputs[p.output].stage
+        if made != p.stage:
+            raise fail(f"{where}.output", f"{p.output!r} is made by stage {made}, not by stage {p.stage}")
+        dtypes = inputs[p.input].dtype, outputs[p.output].dtype
+        if dtypes[0] != dtypes[1]:
+            raise fail(where, f"input {p.input!r} is {dtypes[0]} but output {p.output!r} is {dtypes[1]}")
 
 
 def _check_files(m: Manifest, path: Path) -> None:

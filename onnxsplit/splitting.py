@@ -32,6 +32,8 @@ from onnxsplit.shapefold import static_types
 from onnxsplit.shapes import TensorType, concrete_types, resolve_input_shapes
 from onnxsplit.solve.plan import Plan, make_plan, simple_lower_bound
 from onnxsplit.solve.select import solve
+from onnxsplit.state import StatePair
+from onnxsplit.stateplace import CacheLimits, check_state_placement, model_state_pairs, pin_state
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +302,9 @@ def split(
     profile_path: str | os.PathLike | None = None,
     objective: str = "throughput",
     inputs: str | os.PathLike | Feeds | None = None,
+    state: Sequence[StatePair] = (),
+    max_seq_len: int | None = None,
+    max_batch: int | None = None,
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``.
 
@@ -312,14 +317,25 @@ def split(
     the hand-offs shape inference cannot (models whose values steer an
     ``If``, a ``Loop`` or a ``Reshape`` need them). More devices than the
     model has nodes are capped (:func:`cap_devices`), with a warning.
+    ``state``: state pairs to keep beyond those the Optimum/onnxruntime-genai
+    names give (see :mod:`onnxsplit.stateplace`): each pair and the layer
+    between its ends go on one stage, and the manifest records them.
+    ``max_seq_len`` (and ``max_batch``, default: the input shapes' batch):
+    count each cache at that size in its stage's memory.
     """
     start = time.perf_counter()
     outdir = Path(outdir)
     check_outdir(outdir, force=force)  # refuse before the slow part, and clear stale scratch folders
     if isinstance(devices, int):
         devices = identical_devices(devices)
+    if max_batch is not None and max_seq_len is None:
+        raise UsageError("a maximum batch for the caches needs a maximum sequence length too")
     prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path,
                        inputs=inputs)
+    pairs = model_state_pairs(prepared.model, prepared.info, declared=state)
+    pinned, caches = pin_state(prepared.graph, prepared.model, prepared.info, prepared.shapes, devices, pairs,
+                               limits=None if max_seq_len is None else CacheLimits(max_seq_len, max_batch))
+    prepared = replace(prepared, graph=pinned)
     asked = devices.count
     if not isinstance(plan, Plan):  # a Plan names its devices by their index among all of them: keep them all
         devices = cap_devices(devices, prepared.graph.n)
@@ -328,7 +344,8 @@ def split(
         placement = place_solved(prepared, devices, solved)
     else:
         placement = place_given(prepared, devices, plan, asked=asked)
+    check_state_placement(placement.cut, pairs)
     manifest = write_split(prepared, devices, placement.plan, placement.cut, outdir=outdir, force=force,
-                           feeds=prepared.feeds)
+                           feeds=prepared.feeds, state=pairs, cache_bytes=caches)
     return SplitResult(outdir, manifest, placement.plan, prepared.graph, devices, time.perf_counter() - start,
                        _fewer_stages(placement, asked))

@@ -4,6 +4,12 @@ For every output: max abs and max rel error and the smallest tolerance that
 would have passed. With hand-off checking, every tensor passed between
 stages is compared with the same tensor inside the original, and the first
 stage whose outputs diverge is named.
+
+For a decoder split with its state pairs, ``steps`` compares generation
+instead: a prefill and that many decode steps on the original (its present
+caches fed back as pasts) and on the split pipeline (each stage keeping its
+own caches), the logits of every step within tolerance and the greedily
+chosen tokens exactly.
 """
 
 from __future__ import annotations
@@ -186,6 +192,7 @@ def validate(
     atol: float | None = None,
     check_handoffs: bool = False,
     seed: int = 0,
+    steps: int = 0,
 ) -> Report:
     """Compare the chained stages of a split folder with the original model.
 
@@ -202,6 +209,14 @@ def validate(
     of onnxruntime's, raises an OnnxSplitError of one line naming the file,
     field, input, stage or node at fault. A Report that did not pass means
     the stages ran but their results differ.
+
+    ``steps`` > 0 (a split whose manifest has state pairs): the prompt is
+    the ``input_ids`` of the inputs (an .npz of every input or of
+    ``input_ids`` alone), else random ids of the split's
+    ``input_ids`` shape, at least 4 long; the outputs compared are the
+    logits of the prefill and of each of the ``steps`` decode steps, and the
+    tokens (exactly). Hand-off checking compares one run and does not
+    combine with steps.
     """
     outdir = Path(outdir)
     manifest = load_manifest(outdir)
@@ -211,6 +226,13 @@ def validate(
     model = load_model(path)
     check_source_model(manifest, model)
     notes = []
+    if steps < 0:
+        raise UsageError(f"steps must be 0 or more, got {steps}")
+    if steps:
+        if check_handoffs:
+            raise UsageError("hand-off checking compares one run: it does not combine with decode steps")
+        return _validate_steps(outdir, manifest, path, model, inputs_path, steps=steps, rtol=rtol, atol=atol,
+                               seed=seed)
     if isinstance(inputs_path, Mapping):
         feeds = dict(inputs_path)
     elif inputs_path is not None:
@@ -236,3 +258,46 @@ def validate(
                 for h in checked]
     bad = sorted(c.stage for c in list(handoffs) + outputs if not c.passed and c.stage is not None)
     return Report(tuple(outputs), tuple(handoffs), bad[0] if bad else None, tuple(notes))
+
+
+def _validate_steps(outdir: Path, manifest: Manifest, path: Path, model: Model,
+                    inputs_path: str | os.PathLike | Mapping[str, Any] | None, *, steps: int, rtol: float | None,
+                    atol: float | None, seed: int) -> Report:
+    """Prefill + ``steps`` decode steps on the original and on the pipeline; see :func:`validate`."""
+    from onnxsplit.decoding import OriginalDecoder
+    from onnxsplit.runtime import Pipeline
+    from onnxsplit.state import StatePair
+
+    if not manifest.state:
+        raise UsageError(f"{outdir}: the split keeps no state (its manifest has no state pairs), so it has no "
+                         "decode steps to validate")
+    original = OriginalDecoder(path, state=[StatePair(p.input, p.output) for p in manifest.state])
+    sig = original.signature
+    if inputs_path is None:
+        batch, length = (tuple(manifest.input_shapes.get(sig.ids, ())) + (1, 1))[:2]
+        logits_spec = next(o for o in manifest.outputs if o.name == sig.logits)
+        vocab = logits_spec.shape[-1] if logits_spec.shape and isinstance(logits_spec.shape[-1], int) else 2
+        prompt = np.random.default_rng(seed).integers(0, vocab, size=(batch, max(length, 4)), dtype=np.int64)
+    else:
+        if isinstance(inputs_path, Mapping):
+            feeds = dict(inputs_path)
+        else:
+            try:
+                feeds = _read_feeds(inputs_path, model)  # every input of the model, as for one run
+            except UsageError:
+                feeds = load_feeds(inputs_path, [sig.ids])  # or the prompt alone
+        if sig.ids not in feeds:
+            raise UsageError(f"{inputs_path if not isinstance(inputs_path, Mapping) else 'the inputs'}: no "
+                             f"{sig.ids!r} to take the prompt from")
+        prompt = np.asarray(feeds[sig.ids])
+    want = original.generate(prompt, steps + 1)
+    with Pipeline(outdir, pin=False) as pipe:
+        got = pipe.generate(prompt, steps + 1)
+    stage = next(o.stage for o in manifest.outputs if o.name == sig.logits)
+    outputs = [compare_value(f"{sig.logits} (prefill)" if i == 0 else f"{sig.logits} (step {i})", g, w, rtol=rtol,
+                             atol=atol, stage=stage)
+               for i, (g, w) in enumerate(zip(got.logits, want.logits))]
+    outputs.append(compare("tokens", got.tokens, want.tokens, rtol=0.0, atol=0.0, stage=stage))
+    notes = (f"prompt of {prompt.shape[1]} tokens, batch {prompt.shape[0]}; prefill + {steps} decode steps",)
+    # The logits come from the last stage whichever stage went wrong: no stage is named.
+    return Report(tuple(outputs), (), None, notes)

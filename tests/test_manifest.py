@@ -13,8 +13,9 @@ from conftest import copy_split
 from graphs import chain, save
 from onnxsplit.cli.main import main
 from onnxsplit.errors import ModelError, UsageError
-from onnxsplit.manifest import Manifest, Stage, TensorSpec, load_manifest
+from onnxsplit.manifest import Manifest, Stage, StateSpec, TensorSpec, load_manifest
 from onnxsplit.splitting import split
+from stategraphs import decoder, decoder_shapes, layer_of
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +248,88 @@ def test_cli_reports_an_edited_manifest_in_one_line(edited, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("onnxsplit: error: ") and "handoffs[0].producer" in err and "\n" not in err
+
+
+# -- state pairs ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def state_folder(tmp_path_factory):
+    """A three-stage split of a three-layer decoder, layer i (and its cache) on stage i."""
+    work = tmp_path_factory.mktemp("state")
+    m = decoder(3)
+    plan = {n.name: layer_of(n.name, last=2) for n in m.graph.node}
+    (work / "plan.json").write_text(json.dumps(plan))
+    src = save(m, work / "decoder.onnx")
+    split(src, work / "out", devices=3, plan=work / "plan.json", costs="estimate", input_shapes=decoder_shapes(3))
+    return work / "out"
+
+
+@pytest.fixture
+def state_edited(state_folder, tmp_path):
+    out, doc = copy_split(state_folder, tmp_path / "out")
+
+    def write(edit) -> dict:
+        changed = copy.deepcopy(doc)
+        edit(changed)
+        (out / "manifest.json").write_text(json.dumps(changed, indent=2))
+        return changed
+
+    return out, write
+
+
+def test_state_pairs_round_trip_last(state_folder, tmp_path):
+    m = load_manifest(state_folder)
+    assert m.state == tuple(StateSpec(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}", i)
+                            for i in range(3) for kv in ("key", "value"))
+    assert m.state_of(1) == m.state[2:4]
+    doc = json.loads((state_folder / "manifest.json").read_text())
+    assert list(doc)[-1] == "state" and doc["state"][0] == {"input": "past_key_values.0.key",
+                                                              "output": "present.0.key", "stage": 0}
+    assert m.to_json() == doc
+    m.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (state_folder / "manifest.json").read_text()
+
+
+def test_no_state_no_key(folder):
+    m = load_manifest(folder)
+    assert m.state == () and m.state_of(0) == ()
+    assert "state" not in json.loads((folder / "manifest.json").read_text())
+    assert "state" not in m.to_json()
+
+
+def _state(j, key, value):
+    return lambda d: d["state"][j].update({key: value})
+
+
+STATE_EDITS = {
+    "state not a list": (_set(["state"], {}), "state: expected a list"),
+    "pair not an object": (_set(["state", 0], "a:b"), "state[0]: expected an object"),
+    "pair without stage": (lambda d: d["state"][1].pop("stage"), "state[1].stage: missing"),
+    "stage out of range": (_state(0, "stage", 3), "state[0].stage: stage 3 does not exist (the split has 3)"),
+    "input not a model input": (_state(0, "input", "h1"), "state[0].input: 'h1' is not a model input"),
+    "output not a model output": (_state(0, "output", "h1"), "state[0].output: 'h1' is not a model output"),
+    "input read elsewhere": (_state(2, "input", "attention_mask"),
+                             "state[2].input: 'attention_mask' is read by stage 0, not only by stage 1"),
+    "input not read there": (lambda d: d["stages"][0].update(
+        inputs=[i for i in d["stages"][0]["inputs"] if i["name"] != "past_key_values.0.key"]),
+        "state[0].input: stage 0 does not read 'past_key_values.0.key'"),
+    "output made elsewhere": (_state(2, "output", "logits"), "state[2].output: 'logits' is made by stage 2, not by stage 1"),
+    "input twice": (_state(1, "input", "past_key_values.0.key"),
+                    "state[1].input: 'past_key_values.0.key' is in state[0] already"),
+    "output twice": (_state(1, "output", "present.0.key"), "state[1].output: 'present.0.key' is in state[0] already"),
+    "dtypes differ": (lambda d: [o.update(dtype="float16") for o in d["outputs"] if o["name"] == "present.0.key"],
+                      "state[0]: input 'past_key_values.0.key' is float32 but output 'present.0.key' is float16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATE_EDITS))
+def test_edited_state_is_a_model_error_naming_the_field(state_edited, case):
+    out, write = state_edited
+    edit, message = STATE_EDITS[case]
+    write(edit)
+    with pytest.raises(ModelError) as info:
+        load_manifest(out)
+    text = str(info.value)
+    assert f"{out / 'manifest.json'}: " in text and message in text, text
+    assert "\n" not in text

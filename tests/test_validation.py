@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import onnx
 import pytest
-from conftest import copy_split
+from conftest import ROOT, copy_split
 from graphs import model, weight
 from onnx import TensorProto, helper
 
@@ -319,3 +319,71 @@ def test_damage_checks_leave_the_good_split_alone(good):
     assert validate(good, check_handoffs=True).passed
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     assert json.loads((good / "manifest.json").read_text()) == doc
+
+
+# -- decode steps on a decoder split --------------------------------------------------------------------------------
+
+DECODER = ROOT / "models" / "decoder.onnx"
+
+
+@pytest.fixture(scope="module")
+def decoder_split(tmp_path_factory):
+    """models/decoder.onnx split in 2 stages, each keeping the caches of its layers."""
+    out = tmp_path_factory.mktemp("decoder") / "out"
+    split(DECODER, out, devices=2, costs="estimate")
+    assert {p.stage for p in load_manifest(out).state} == {0, 1}
+    return out
+
+
+def _tamper(folder) -> None:
+    """Change one weight of the last stage a little: the files still match the manifest, the numbers do not."""
+    path = folder / "stage_1.onnx"
+    proto = onnx.load(str(path))
+    init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    values = onnx.numpy_helper.to_array(init).copy()
+    values.flat[0] += 0.5
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save(proto, str(path))
+
+
+def test_decode_steps_pass_on_a_good_split(decoder_split):
+    report = validate(decoder_split, steps=4)
+    assert report.passed
+    assert [c.name for c in report.outputs] == ["logits (prefill)", *(f"logits (step {i})" for i in range(1, 5)),
+                                                "tokens"]
+    assert report.outputs[-1].dtype == "int64" and report.outputs[-1].atol == 0
+    assert report.notes == ("prompt of 4 tokens, batch 1; prefill + 4 decode steps",)
+
+
+def test_decode_steps_fail_on_a_tampered_stage(decoder_split, tmp_path, capsys):
+    folder = copy_split(decoder_split, tmp_path / "out")[0]
+    _tamper(folder)
+    report = validate(folder, steps=4)
+    assert not report.passed
+    assert not report.outputs[0].passed  # the prefill's logits already differ
+    assert main(["validate", str(folder), "--steps", "4"]) == 1
+    assert capsys.readouterr().out.strip().endswith("FAILED")
+    assert main(["validate", str(decoder_split), "--steps", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+def test_decode_steps_take_the_prompt_from_the_inputs(decoder_split, tmp_path):
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, input_ids=np.array([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]]))
+    report = validate(decoder_split, inputs_path=feeds, steps=2)
+    assert report.passed and report.notes == ("prompt of 6 tokens, batch 2; prefill + 2 decode steps",)
+
+
+def test_decode_step_errors_are_one_line(decoder_split, good, tmp_path, capsys):
+    with pytest.raises(UsageError) as exc:
+        validate(good, steps=2)
+    _one_line(exc.value, "the split keeps no state", "no decode steps to validate")
+    with pytest.raises(UsageError) as exc:
+        validate(decoder_split, steps=2, check_handoffs=True)
+    _one_line(exc.value, "hand-off checking compares one run")
+    with pytest.raises(UsageError) as exc:
+        validate(decoder_split, steps=2, inputs_path={"attention_mask": np.ones((1, 2), dtype=np.int64)})
+    _one_line(exc.value, "no 'input_ids' to take the prompt from")
+    _cli(["validate", decoder_split, "--steps", "2", "--check-handoffs"], capsys,
+         "--check-handoffs compares one run: it does not combine with --steps")
+    _cli(["validate", decoder_split, "--steps", "-1"], capsys, "--steps must be 0 or more, got -1")

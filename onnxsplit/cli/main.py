@@ -19,8 +19,8 @@ def build_parser():
     """The argparse parser of every subcommand (imports only the light command modules)."""
     from onnxsplit import __version__
     from onnxsplit.cli import (
-        bench_cmd, costgraph_cmd, export_cmd, profile_cmd, report_cmd, run_cmd, serve_cmd, solve_cmd, split_cmd,
-        validate_cmd,
+        bench_cmd, costgraph_cmd, export_cmd, generate_cmd, profile_cmd, report_cmd, run_cmd, serve_cmd, solve_cmd,
+        split_cmd, validate_cmd,
     )
     from onnxsplit.cli.common import Parser
 
@@ -29,7 +29,7 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in (split_cmd, validate_cmd, profile_cmd, costgraph_cmd, solve_cmd, run_cmd, bench_cmd, serve_cmd,
-                    report_cmd, export_cmd):
+                    report_cmd, export_cmd, generate_cmd):
         command.add_parser(sub)
     return parser
 

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     common.add_solver(p, solvers=CONTIGUOUS_SOLVERS)
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="use this plan (node name -> stage, or a plan.json) instead of solving")
+    _add_state(p)
     common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
                       help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
     common.add_output(p, what="folder to write stage_K.onnx, manifest.json, plan.json")
@@ -28,6 +29,30 @@ def add_parser(sub) -> None:
                    help="also write the plan report (HTML, see `onnxsplit report`) to this file after the split")
     common.add_json(p)
     p.set_defaults(run=run)
+
+
+def _add_state(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("state (decoders with a KV cache)")
+    g.add_argument("--state", action="append", default=[], metavar="IN:OUT",
+                   help="an input fed each step with an output of the step before, kept on one stage with its "
+                        "layer (repeatable; past_key_values.N.key:present.N.key and the like are found by name)")
+    common.add_number(g, "--max-seq-len", kind=int, default=None, metavar="N",
+                      help="count each stage's caches at this sequence length in its memory")
+    common.add_number(g, "--max-batch", kind=int, default=None, metavar="B",
+                      help="with --max-seq-len: count the caches at this batch (default: the input shapes' batch)")
+
+
+def _state_options(args: argparse.Namespace) -> dict[str, Any]:
+    from onnxsplit.state import parse_state
+
+    if args.max_batch is not None and args.max_seq_len is None:
+        raise UsageError("--max-batch needs --max-seq-len")
+    options: dict[str, Any] = {}
+    if args.state:
+        options["state"] = tuple(parse_state(s) for s in args.state)
+    if args.max_seq_len is not None:
+        options.update(max_seq_len=args.max_seq_len, max_batch=args.max_batch)
+    return options
 
 
 def _mb(n: float) -> str:
@@ -52,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                    costs=args.costs, profile_path=args.profile, objective=args.objective)
     if args.inputs is not None:
         options["inputs"] = args.inputs
+    options.update(_state_options(args))
     outdir = Path(args.output)
     if args.report is not None:
         common.check_output_file(args.report, force=args.force, flag="--report")
@@ -117,6 +143,7 @@ def _document(args: argparse.Namespace, result, rounds) -> dict[str, Any]:
         "objective": str(plan.objective), "value": plan.value, "lower_bound": plan.lower_bound, "gap": plan.gap,
         "seconds": result.seconds, "stages": _stage_rows(result), "warnings": list(result.warnings),
         "refine": [r.as_dict() for r in rounds],
+        **({"state": [p.to_json() for p in result.manifest.state]} if result.manifest.state else {}),
     }
 
 
@@ -135,6 +162,10 @@ def _print_tables(args: argparse.Namespace, result, rounds) -> None:
     console.print(table)
     console.print(f"predicted bottleneck {plan.value:.4f} ms (lower bound {plan.lower_bound:.4f}, gap {plan.gap:.1%}); "
                   f"split in {result.seconds:.2f} s")
+    if result.manifest.state:
+        per_stage = ", ".join(f"stage {s.index}: {len(result.manifest.state_of(s.index))}"
+                              for s in result.manifest.stages if result.manifest.state_of(s.index))
+        console.print(f"{len(result.manifest.state)} state pairs kept on their stages ({per_stage})")
     for r in rounds:
         console.print(f"refine round {r.index}: predicted bottleneck {r.predicted_bottleneck_ms:.4f} ms, measured "
                       f"{r.measured_bottleneck_ms:.4f} ms, {r.samples_per_s:.1f} samples/s" + (" (kept)" if r.kept else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onnxsplit.cli import common
+from onnxsplit.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -18,6 +19,9 @@ def add_parser(sub) -> None:
     common.add_number(p, "--atol", zero=True, default=None, metavar="A",
                       help="absolute tolerance (default 1e-5; 1e-3 for fp16)")
     p.add_argument("--check-handoffs", action="store_true", help="also compare every hand-off tensor")
+    common.add_number(p, "--steps", kind=int, zero=True, default=0, metavar="N",
+                      help="decoders: compare a prefill and N greedy decode steps, each stage keeping its caches "
+                           "(logits every step, tokens exactly; default 0: one run)")
     common.add_json(p)
     p.set_defaults(run=run)
 
@@ -25,8 +29,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from onnxsplit.validation import validate
 
+    if args.steps and args.check_handoffs:
+        raise UsageError("--check-handoffs compares one run: it does not combine with --steps")
     report = validate(args.outdir, model_path=args.model, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol,
-                      check_handoffs=args.check_handoffs)
+                      check_handoffs=args.check_handoffs, steps=args.steps)
     if args.json:
         # The verdict is the document's "passed" (and the exit code): nothing may follow the JSON.
         common.print_json(report.as_dict())
@@ -46,5 +52,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(table)
     if report.first_bad_stage is not None:
         console.print(f"first stage that diverges: {report.first_bad_stage}")
+    for note in report.notes:
+        console.print(note)
     print("PASSED" if report.passed else "FAILED")
     return 0 if report.passed else 1

@@ -9,7 +9,7 @@ is left behind, not even the temporary folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -18,7 +18,7 @@ from onnxsplit.costmodel import activation_peak
 from onnxsplit.devices import Devices
 from onnxsplit.errors import InfeasibleError
 from onnxsplit.manifest import (FILENAME, FrozenMap, GraphOutput, Handoff, Manifest, PredictedLoad, Source, Stage,
-                                StageInput, StageOutput, TensorSpec)
+                                StageInput, StageOutput, StateSpec, TensorSpec)
 from onnxsplit.model import tensor_nbytes
 from onnxsplit.valuetypes import dtype_name
 from onnxsplit.outdir import output_folder
@@ -28,6 +28,7 @@ from onnxsplit.probe import Feeds, boundary_types
 from onnxsplit.rewrite.extract import stage_proto, write_stage
 from onnxsplit.rewrite.stages import Cut
 from onnxsplit.solve.plan import Plan, stage_loads
+from onnxsplit.state import StatePair
 from onnxsplit.valuetypes import is_tensor_type, type_name
 
 PLAN_FILE = "plan.json"
@@ -73,8 +74,12 @@ class _Specs:
 
 
 def _write_stages(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut,
-                  probed: Mapping[str, onnx.ValueInfoProto], tmp: Path) -> tuple[Stage, ...]:
-    """Write every stage model into ``tmp``; raises InfeasibleError when a stage does not fit its device."""
+                  probed: Mapping[str, onnx.ValueInfoProto], tmp: Path,
+                  caches: Mapping[str, int]) -> tuple[Stage, ...]:
+    """Write every stage model into ``tmp``; raises InfeasibleError when a stage does not fit its device.
+
+    ``caches``: bytes of the caches a stage keeps, by state input name (the stage that reads it keeps it).
+    """
     model, info, types = prepared.model, prepared.info, prepared.types
     kinds = devices.expanded()
     spec_of = _Specs(prepared, probed)
@@ -84,11 +89,14 @@ def _write_stages(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut,
     for spec in cut.stages:
         weights = sum(init_sizes[n] for n in spec.initializers)
         activations = activation_peak(info, types, spec.nodes, spec.inputs, spec.outputs)
+        kept = sum(caches.get(n, 0) for n in spec.inputs)
         device_index = plan.stage_device[spec.index]
         device = kinds[device_index]
-        if weights + activations > device.memory:
-            raise InfeasibleError(f"stage {spec.index} needs {weights + activations:.0f} bytes (weights {weights}, "
-                                  f"activations {activations}) but its {device.name} device has {device.memory:.0f}")
+        if weights + activations + kept > device.memory:
+            held = f", caches {kept}" if kept else ""
+            raise InfeasibleError(f"stage {spec.index} needs {weights + activations + kept:.0f} bytes (weights "
+                                  f"{weights}, activations {activations}{held}) but its {device.name} device has "
+                                  f"{device.memory:.0f}")
         filename = f"stage_{spec.index}.onnx"
         data = write_stage(model, stage_proto(model, info, spec, len(cut.stages), probed), tmp / filename)
         sl = loads[spec.index]
@@ -118,8 +126,13 @@ def _fields(t: TensorSpec) -> tuple[str, str | None, tuple[int | str | None, ...
 
 
 def build_manifest(prepared: Prepared, plan: Plan, cut: Cut, stages: tuple[Stage, ...],
-                   probed: Mapping[str, onnx.ValueInfoProto], *, outdir: Path) -> Manifest:
-    """The manifest of written ``stages``, for a folder that will live at ``outdir``."""
+                   probed: Mapping[str, onnx.ValueInfoProto], *, outdir: Path,
+                   state: Sequence[StatePair] = ()) -> Manifest:
+    """The manifest of written ``stages``, for a folder that will live at ``outdir``.
+
+    ``state``: the model's state pairs, each recorded with the stage that makes
+    its output (the cut keeps its input there; see :func:`onnxsplit.stateplace.check_state_placement`).
+    """
     model, types = prepared.model, prepared.types
     spec_of = _Specs(prepared, probed)
     handoffs = []
@@ -139,24 +152,29 @@ def build_manifest(prepared: Prepared, plan: Plan, cut: Cut, stages: tuple[Stage
         handoffs=tuple(handoffs),
         plan_file=PLAN_FILE,
         predicted_bottleneck_ms=plan.value,
+        state=tuple(StateSpec(p.input, p.output, cut.output_stage[p.output]) for p in state),
     )
 
 
 def write_split(prepared: Prepared, devices: Devices, plan: Plan, cut: Cut, *, outdir: Path,
-                force: bool = False, feeds: Feeds | None = None) -> Manifest:
+                force: bool = False, feeds: Feeds | None = None, state: Sequence[StatePair] = (),
+                cache_bytes: Mapping[str, int] = FrozenMap()) -> Manifest:
     """Write the split folder of ``plan`` to ``outdir`` atomically and return its manifest.
 
     The folder is built in a scratch folder beside ``outdir`` and moved into
     place at the end (see :mod:`onnxsplit.outdir`); with ``force`` an
     existing ``outdir`` that holds a previous split is replaced. ``feeds``:
     the representative inputs (see :func:`onnxsplit.probe.read_inputs`) that
-    hand-offs shape inference cannot type are typed on.
+    hand-offs shape inference cannot type are typed on. ``state``: the
+    model's state pairs, each already on one stage of ``cut``; ``cache_bytes``:
+    the size of their caches by state input name, counted in the memory of
+    the stage that keeps them.
     """
     outdir = Path(outdir)
     probed = type_handoffs(prepared, cut, feeds=feeds)
     with output_folder(outdir, force=force) as tmp:
-        stages = _write_stages(prepared, devices, plan, cut, probed, tmp)
-        manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir)
+        stages = _write_stages(prepared, devices, plan, cut, probed, tmp, cache_bytes)
+        manifest = build_manifest(prepared, plan, cut, stages, probed, outdir=outdir, state=state)
         manifest.write(tmp / FILENAME)
         save_plan(plan, tmp / PLAN_FILE, graph=prepared.graph, devices=devices)
     return manifest

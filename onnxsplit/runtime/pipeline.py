@@ -11,6 +11,15 @@ reads them, a hand-off goes to each stage that reads it, graph outputs are
 taken from whichever stage makes them, and a request drops every tensor no
 later stage reads as soon as it leaves the last stage that needs it.
 
+A decoder's caches stay on their stage. A request of a sequence (see
+:mod:`onnxsplit.runtime.generation`) carries the sequence's id and a kind:
+``start`` feeds the stage's state inputs from the request (empty caches),
+``step`` from the stage's own store, and both store the stage's state
+outputs as the sequence's next state instead of sending them on; ``end``
+runs nothing and drops the sequence's state on every stage. The queues are
+FIFO, so the steps of one sequence reach every stage in order while the
+steps of different sequences overlap across the stages.
+
 Each worker also keeps the start and end of its last ``TRACE_REQUESTS``
 session runs (:meth:`Pipeline.trace`), so a timeline of the requests through
 the stages can be drawn from real runs.
@@ -33,14 +42,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxsplit.choices import ENGINES, PLACEMENTS
-
+from onnxsplit.decoding import greedy
 from onnxsplit.errors import OnnxSplitError, UsageError
 from onnxsplit.manifest import load_manifest
 from onnxsplit.runtime.sessions import BindingRunner, HostRunner, open_session, to_host
 from onnxsplit.runtime.specs import CUDA, StageSpec, assign_cores, stage_specs
 
 if TYPE_CHECKING:
+    from onnxsplit.decoding import DecoderSignature, Generation
     from onnxsplit.devices import Devices
+    from onnxsplit.runtime import generation
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,9 @@ class StageStats:
     blocked_s: float  # waiting for room in the next stage's queue
     other_s: float  # the worker's own Python work: routing, bookkeeping
     cores: tuple[int, ...]  # the cores the worker was pinned to (empty: not pinned)
+    sent_bytes: int = 0  # tensor bytes passed to the next stage while counting (Pipeline.count_bytes)
+    sequences: int = 0  # sequences whose state this stage holds now
+    state_bytes: int = 0  # the bytes of that state
 
 
 @dataclass(frozen=True)
@@ -93,16 +107,28 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# The kinds of a sequence's requests.
+START, STEP, END = "start", "step", "end"
+
+
+class SequenceStateError(OnnxSplitError):
+    """A step of a sequence whose state a stage does not hold (the sequence ended, or failed before)."""
+
+
 class _Request:
     """One inference on its way through the stages (mutable, owned by one worker at a time)."""
 
-    __slots__ = ("future", "env", "outputs", "seq")
+    __slots__ = ("future", "env", "outputs", "seq", "sequence", "kind", "pick")
 
-    def __init__(self, future: Future, env: dict[str, Any], outputs: dict[str, Any]) -> None:
+    def __init__(self, future: Future, env: dict[str, Any], outputs: dict[str, Any], *,
+                 sequence: int | None = None, kind: str = STEP, pick: str | None = None) -> None:
         self.future = future
         self.env = env
         self.outputs = outputs
         self.seq = -1  # the submit sequence number, set under the submit lock
+        self.sequence = sequence  # the id of the sequence it is a step of; None for a stateless request
+        self.kind = kind  # START, STEP or END (sequences only)
+        self.pick = pick  # the output that is the result (sequences only)
 
 
 class _Channel:
@@ -158,6 +184,15 @@ class _Worker:
         # under the GIL, so recording takes no lock and readers copy it whole (see Pipeline.trace).
         self.trace: deque[tuple[int, float, float]] = deque(maxlen=TRACE_REQUESTS)
         self.runner: Any = None
+        # Sequence id -> this stage's state of that sequence (state input name -> value). Only this worker
+        # touches it, except readers that copy it whole (see stats()).
+        self.store: dict[int, dict[str, Any]] = {}
+        state_inputs = {i for i, _ in spec.state}
+        self.plain_inputs = tuple(n for n in spec.inputs if n not in state_inputs)
+        self.state_outputs = frozenset(o for _, o in spec.state)
+        self.result_outputs = tuple(n for n in spec.graph_outputs if n not in self.state_outputs)
+        self.count_bytes = False  # set by Pipeline.count_bytes; off, the stateless path pays one test
+        self.sent_bytes = 0
         self.thread = threading.Thread(target=self._main, name=f"onnxsplit-stage-{spec.index}", daemon=True)
 
     def _enter(self, phase: str) -> float:
@@ -175,8 +210,9 @@ class _Worker:
             current, since = self._phase
             spent[current] += time.perf_counter() - since
             runs = self.runs
+        held = _copy_values(self.store)
         return StageStats(self.spec.index, runs, spent["busy"], spent["starved"], spent["blocked"], spent["other"],
-                          self.cores)
+                          self.cores, self.sent_bytes, len(held), sum(_nbytes(state) for state in held))
 
     def _main(self) -> None:
         try:
@@ -184,8 +220,7 @@ class _Worker:
                 self._pin()
             # Pinned stages own their cores, so spinning between kernels costs nobody else.
             session = open_session(self.spec, spin=bool(self.cores) and self.spec.threads > 1)
-            self.runner = (BindingRunner(session, self.spec) if self.spec.provider == CUDA and self.spec.tensors_only
-                           else HostRunner(session, self.spec))
+            self.runner = make_runner(session, self.spec)
         except BaseException as exc:  # reported by Pipeline.__init__, which then stops every worker
             self.error = exc
         finally:
@@ -211,13 +246,26 @@ class _Worker:
                     self.outbox.put(_STOP)
                 return
             req: _Request = item
+            if req.sequence is not None and (req.kind == END or req.future.done() or self.cancelling.is_set()
+                                             or self.runner is None):
+                # A sequence's state here is no longer in step with the other stages' (a step skipped), or no
+                # longer wanted: drop it, so a later step fails instead of computing on a stale cache.
+                self.store.pop(req.sequence, None)
+                if req.kind == END:
+                    self._pass_on(req, None)
+                    continue
             if self.cancelling.is_set() or self.runner is None:
                 req.future.cancel()
             elif not req.future.done():  # done here means the caller cancelled it: skip the work
                 try:
-                    self._handle(req)
+                    if req.sequence is None:
+                        self._handle(req)
+                    else:
+                        self._handle_step(req)
                 except Exception as exc:  # whatever goes wrong fails this request, never the worker
                     self._enter("other")
+                    if req.sequence is not None:
+                        self.store.pop(req.sequence, None)
                     err = StageError(self.spec.index, f"stage {self.spec.index} ({self.spec.path.name}, "
                                      f"{self.spec.provider}) failed: {_one_line(exc)}")
                     err.__cause__ = exc
@@ -245,8 +293,81 @@ class _Worker:
             if name in keep:
                 env[name] = value
         req.env = env
+        if self.count_bytes:
+            self.sent_bytes += _nbytes(env) + _nbytes(outputs)
         self._enter("blocked")
         self.outbox.put(req)
+
+    def _handle_step(self, req: _Request) -> None:
+        """One step of a sequence: the state inputs come from the store (from the request at its start),
+        the state outputs go back to the store, and everything else is routed as :meth:`_handle` does."""
+        spec, env = self.spec, req.env
+        if req.kind == START:
+            state = {i: env[i] for i, _ in spec.state}
+        else:
+            held = self.store.get(req.sequence)
+            if held is None and spec.state:
+                raise SequenceStateError(f"sequence {req.sequence} has no state on this stage (it ended, or an "
+                                         "earlier step of it failed)")
+            state = held or {}
+        feeds = {n: env[n] for n in self.plain_inputs}
+        feeds.update(state)
+        start = self._enter("busy")
+        values = self.runner(feeds)
+        self.trace.append((req.seq, start, self._enter("other")))
+        self.runs += 1
+        if spec.state:
+            self.store[req.sequence] = {i: values[o] for i, o in spec.state}
+        outputs = req.outputs
+        for name in self.result_outputs:
+            outputs[name] = values[name]
+        keep = spec.keep
+        env = {n: v for n, v in env.items() if n in keep}
+        for name, value in values.items():
+            if name in keep and name not in self.state_outputs:
+                env[name] = value
+        req.env = env
+        self._pass_on(req, to_host(outputs[req.pick]) if self.outbox is None else None)
+
+    def _pass_on(self, req: _Request, result: Any) -> None:
+        """Send a sequence's request to the next stage, or finish it with ``result`` at the last."""
+        if self.outbox is None:
+            _finish(req.future, result=result)
+            return
+        if self.count_bytes:
+            self.sent_bytes += _nbytes(req.env) + _nbytes(req.outputs)
+        self._enter("blocked")
+        self.outbox.put(req)
+
+
+def make_runner(session: Any, spec: StageSpec) -> Any:
+    """How a worker runs its session: IO binding on a CUDA stage (hand-offs and state stay on the GPU),
+    numpy in and out elsewhere."""
+    if spec.provider == CUDA and spec.tensors_only:
+        return BindingRunner(session, spec)
+    return HostRunner(session, spec)
+
+
+def _nbytes(values: Mapping[str, Any]) -> int:
+    """The bytes of the tensors in ``values`` (numpy arrays or OrtValues; other values count 0)."""
+    total = 0
+    for value in values.values():
+        size = getattr(value, "nbytes", None)
+        if size is None and hasattr(value, "element_type"):  # an OrtValue, left on a GPU by a CUDA stage
+            from onnxsplit.valuetypes import dtype_name  # loads onnx: only CUDA stages get here
+
+            size = int(np.prod(value.shape())) * np.dtype(dtype_name(value.element_type())).itemsize
+        total += int(size or 0)
+    return total
+
+
+def _copy_values(store: dict) -> list:
+    # As _copy: list() of a dict's values runs in C, so the worker cannot change the dict midway under a GIL.
+    while True:
+        try:
+            return list(store.values())
+        except RuntimeError:
+            continue
 
 
 def _copy(ring: deque) -> tuple:
@@ -320,6 +441,8 @@ class Pipeline:
         self._submit_lock = threading.Lock()
         self._closed = False
         self._submitted = 0
+        self._sequences = 0
+        self._signature: DecoderSignature | None = None
         self._queues = [_Channel(queue_size) for _ in self.specs]
         cores = assign_cores(self.specs, pin=pin)
         self._workers = [
@@ -373,6 +496,80 @@ class Pipeline:
             self._submitted += 1
             self._queues[0].put(req)
         return future
+
+    def _submit_step(self, env: dict[str, Any], *, sequence: int, kind: str, pick: str | None) -> Future:
+        """Queue one request of a sequence (see :class:`onnxsplit.runtime.generation.Sequence`).
+
+        ``env`` holds the non-state feeds (and, at the start, the empty
+        state); the Future's result is the output ``pick`` (None for END).
+        """
+        future: Future = Future()
+        future.submitted_at = time.perf_counter()  # type: ignore[attr-defined]
+        req = _Request(future, env, {}, sequence=sequence, kind=kind, pick=pick)
+        with self._submit_lock:
+            if self._closed:
+                raise RuntimeError("cannot submit to a closed pipeline")
+            req.seq = self._submitted
+            self._submitted += 1
+            self._queues[0].put(req)
+        return future
+
+    @property
+    def decoder(self) -> DecoderSignature:
+        """The split model as a decoder: which inputs and outputs a step feeds and reads.
+
+        Raises UsageError when the manifest records no state pairs, or the
+        model is not a decoder (see :func:`onnxsplit.decoding.decoder_signature`).
+        """
+        if self._signature is None:
+            from onnxsplit.decoding import decoder_signature
+            from onnxsplit.state import StatePair
+
+            if not self.manifest.state:
+                raise UsageError(f"{self.outdir}: the split keeps no state (its manifest has no state pairs); "
+                                 "generation needs a decoder split with its state pairs")
+            self._signature = decoder_signature(self.manifest.inputs, self.manifest.outputs,
+                                                [StatePair(p.input, p.output) for p in self.manifest.state])
+        return self._signature
+
+    def start_sequence(self, prompt_ids: Any, *, max_seq_len: int | None = None) -> generation.Sequence:
+        """Start a sequence: submits the prefill of ``prompt_ids`` [batch, prompt] and returns at once.
+
+        Each stage keeps the sequence's caches until :meth:`Sequence.end`.
+        ``max_seq_len``: the most positions a cache may hold (None: no
+        limit); a step beyond it raises SequenceError. Raises UsageError for
+        a split without state, or an engine that cannot keep it (Ray).
+        """
+        from onnxsplit.runtime.generation import Sequence
+
+        if not self._workers:
+            raise UsageError("generation keeps state on the stages of the in-process engine only")
+        signature = self.decoder
+        with self._submit_lock:
+            sequence_id = self._sequences
+            self._sequences += 1
+        return Sequence(self, signature, sequence_id, prompt_ids, max_seq_len=max_seq_len)
+
+    def generate(self, prompt_ids: Any, max_new_tokens: int, *, max_seq_len: int | None = None,
+                 choose: generation.Chooser = greedy) -> Generation:
+        """Greedy generation (or ``choose``'s) after the prompt; see :func:`onnxsplit.runtime.generation.generate`."""
+        from onnxsplit.runtime.generation import generate
+
+        return generate(self, prompt_ids, max_new_tokens, max_seq_len=max_seq_len, choose=choose)
+
+    def generate_many(self, prompts: Sequence[Any], max_new_tokens: int, *, max_seq_len: int | None = None,
+                      concurrent: int = 64, choose: generation.Chooser = greedy) -> list[Future]:
+        """Many sequences interleaved: see :func:`onnxsplit.runtime.generation.generate_many`."""
+        from onnxsplit.runtime.generation import generate_many
+
+        return generate_many(self, prompts, max_new_tokens, max_seq_len=max_seq_len, concurrent=concurrent,
+                             choose=choose)
+
+    def count_bytes(self, on: bool = True) -> None:
+        """Count the tensor bytes each stage passes to the next (``StageStats.sent_bytes``); off by default,
+        as it costs a little on every request. Engines without in-process workers count nothing."""
+        for w in self._workers:
+            w.count_bytes = on
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """One inference, waiting for its result."""

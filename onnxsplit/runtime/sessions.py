@@ -2,7 +2,8 @@
 
 ``HostRunner`` passes numpy arrays in and out (every CPU stage);
 ``BindingRunner`` uses IO binding so a hand-off between two stages on the
-same GPU never visits the host.
+same GPU never visits the host, and a decoder's caches, kept by their stage
+between steps, stay on the GPU where the stage computed them.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class BindingRunner:
     """Runs a stage through IO binding, so tensors can stay on the device between stages.
 
     Inputs may be numpy arrays (copied in by onnxruntime) or OrtValues already
-    on the device; outputs in ``spec.on_device`` stay on ``device_type`` as
-    OrtValues, every other output comes back as a numpy array.
+    on the device (a hand-off from the stage before, or the stage's own cache
+    from the step before); outputs in ``spec.on_device`` stay on
+    ``device_type`` as OrtValues, every other output comes back as a numpy
+    array.
     """
 
     def __init__(self, session: Any, spec: StageSpec, *, device_type: str = "cuda") -> None:

@@ -34,6 +34,9 @@ class StageSpec:
     on_device: frozenset[str]  # outputs left on the GPU for the next stage (CUDA only)
     # Every input and output is a plain tensor: IO binding cannot carry a sequence, an optional or a map.
     tensors_only: bool = True
+    # (input, output) of every state pair this stage keeps: for a sequence, the output of one step is
+    # stored on the stage and fed back as the input of the next, never sent on.
+    state: tuple[tuple[str, str], ...] = ()
 
     @property
     def device_id(self) -> int:
@@ -56,8 +59,11 @@ def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
     specs = []
     for k, s in enumerate(stages):
         later = {i.name for t in stages[k + 1:] for i in t.inputs}
+        state = tuple((p.input, p.output) for p in manifest.state if p.stage == k)
         on_device = set()
         if s.provider == CUDA:
+            # A stored cache stays where the stage computed it: on the GPU, as an OrtValue fed back by IO binding.
+            on_device.update(out for _, out in state)
             for o in s.outputs:
                 readers = [stages[j] for j in o.consumers]
                 # A hand-off stays on the GPU only when every reader runs on the same GPU;
@@ -77,6 +83,7 @@ def stage_specs(manifest: Manifest) -> tuple[StageSpec, ...]:
             keep=frozenset(later),
             on_device=frozenset(on_device),
             tensors_only=all(is_tensor_dtype(t.dtype) for t in (*s.inputs, *s.outputs)),
+            state=state,
         ))
     return tuple(specs)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from onnxsplit.costgraph import CostGraph
-from onnxsplit.dag import UnionFind
+from onnxsplit.dag import UnionFind, priority_order
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ def units_of(graph: CostGraph, *, merge_cycles: bool) -> Units:
     """Contract co-location groups (and, if asked, the cycles they create).
 
     Units are numbered by their smallest node; with ``merge_cycles`` the unit
-    graph is a DAG and that numbering is a topological order (the smallest
-    node of a unit precedes the smallest node of every unit it feeds, because
-    node ids are topological and units are strongly connected pieces).
+    graph is a DAG, numbered in a topological order (the ready unit with the
+    smallest node first, which is the smallest-node order whenever that is
+    topological).
     """
     n = graph.n
     sets = UnionFind(n)
@@ -119,6 +119,11 @@ def units_of(graph: CostGraph, *, merge_cycles: bool) -> Units:
     for v in range(n):
         first.setdefault(label[v], v)
     order = sorted(first, key=first.__getitem__)
+    if merge_cycles:
+        # A unit's smallest node may follow a node of a unit that feeds it (group {a, d}, c -> d, a < c):
+        # order the units topologically, the one with the smallest node first among those ready.
+        order, _ = priority_order(order, {(label[u], label[v]) for u, v in graph.edges() if label[u] != label[v]},
+                                  lambda u, step: first[u])
     renum = {old: i for i, old in enumerate(order)}
     unit_of = tuple(renum[label[v]] for v in range(n))
     members_l: list[list[int]] = [[] for _ in order]

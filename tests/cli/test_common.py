@@ -32,8 +32,9 @@ def test_a_shared_flag_means_the_same_everywhere():
     # Deliberate differences: what -o names; solve's --devices overrides the file's; split offers the solvers
     # whose plans form a pipeline; run needs --inputs; costgraph writes a --format that solve reads (or detects).
     # profile --warmup counts runs where bench --warmup counts seconds (kept: renaming would break scripts).
+    # split --max-batch sizes the caches (default: the input shapes' batch); serve --max-batch caps joined batches.
     differ = {"-o": "help", "--output": "help", "--devices": "all", "--solver": "choices", "--inputs": "help",
-              "--format": "all", "--warmup": "all"}
+              "--format": "all", "--warmup": "all", "--max-batch": "all"}
     seen: dict[str, tuple] = {}
     for command, sub in _subparsers().items():
         for action in sub._actions:
