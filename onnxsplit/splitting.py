@@ -23,6 +23,7 @@ from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
 from onnxsplit.ortutil import check_runnable
 from onnxsplit.outdir import check_outdir
+from onnxsplit.phases import DEFAULT_DECODE_WEIGHT, plan_model_phases, weigh_phases
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.probe import Feeds, feed_shapes, probe_sizes, read_inputs
@@ -300,6 +301,10 @@ def split(
     profile_path: str | os.PathLike | None = None,
     objective: str = "throughput",
     inputs: str | os.PathLike | Feeds | None = None,
+    phase: str = "auto",
+    prompt_length: int | None = None,
+    cache_length: int | None = None,
+    decode_weight: float = DEFAULT_DECODE_WEIGHT,
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``.
 
@@ -312,14 +317,22 @@ def split(
     the hand-offs shape inference cannot (models whose values steer an
     ``If``, a ``Loop`` or a ``Reshape`` need them). More devices than the
     model has nodes are capped (:func:`cap_devices`), with a warning.
+    ``phase``, ``prompt_length``, ``cache_length``, ``decode_weight``: the
+    phase of a decoder the costs are for (:mod:`onnxsplit.phases`); the
+    manifest's input shapes are the optimised phase's.
     """
     start = time.perf_counter()
     outdir = Path(outdir)
     check_outdir(outdir, force=force)  # refuse before the slow part, and clear stale scratch folders
     if isinstance(devices, int):
         devices = identical_devices(devices)
-    prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path,
+    phases = plan_model_phases(model_path, given=input_shapes or {}, phase=phase, prompt_length=prompt_length,
+                               cache_length=cache_length, decode_weight=decode_weight)
+    prepared = prepare(model_path, devices, input_shapes=dict(phases.shapes), costs=costs, profile_path=profile_path,
                        inputs=inputs)
+    if phases.prefill_shapes is not None:
+        prepared = weigh_phases(prepared, phases, lambda shapes: prepare(
+            model_path, devices, input_shapes=shapes, costs=costs, profile_path=profile_path, inputs=inputs))
     asked = devices.count
     if not isinstance(plan, Plan):  # a Plan names its devices by their index among all of them: keep them all
         devices = cap_devices(devices, prepared.graph.n)

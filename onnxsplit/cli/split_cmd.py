@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxsplit.choices import CONTIGUOUS_SOLVERS
+from onnxsplit.choices import CONTIGUOUS_SOLVERS, PHASES
 from onnxsplit.cli import common
 from onnxsplit.errors import OutputExists, UsageError
 
@@ -23,11 +23,42 @@ def add_parser(sub) -> None:
                    help="use this plan (node name -> stage, or a plan.json) instead of solving")
     common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
                       help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
+    _add_phases(p)
     common.add_output(p, what="folder to write stage_K.onnx, manifest.json, plan.json")
     p.add_argument("--report", default=None, metavar="REPORT.html",
                    help="also write the plan report (HTML, see `onnxsplit report`) to this file after the split")
     common.add_json(p)
     p.set_defaults(run=run)
+
+
+def _add_phases(p: argparse.ArgumentParser) -> None:
+    """The decoder phase flags; their defaults are None so that a flag the user gave can be told apart."""
+    p.add_argument("--phase", choices=[c for c in PHASES if c != "auto"], default=None,
+                   help="the phase of a decoder with a KV cache the plan is for: prefill (a prompt, empty cache), "
+                        "decode (one token, a cache), or both weighted (default: decode for a decoder, else prefill)")
+    common.add_number(p, "--cache-length", kind=int, zero=True, default=None, metavar="L",
+                      help="decode: the past length of the cache (default: from --input-shape, else 128)")
+    common.add_number(p, "--prompt-length", kind=int, default=None, metavar="P",
+                      help="prefill: the prompt's length in tokens (default: from --input-shape, else 32)")
+    common.add_number(p, "--decode-weight", zero=True, default=None, metavar="W",
+                      help="both: costs = W x decode + (1 - W) x prefill, W in [0, 1] (default 0.9)")
+
+
+def _phase_options(args: argparse.Namespace) -> dict[str, Any]:
+    """split()'s phase options; UsageError for a flag the chosen phase does not use."""
+    phase = args.phase or "auto"
+    if args.decode_weight is not None and phase != "both":
+        raise UsageError("--decode-weight weighs the phases of --phase both")
+    if args.cache_length is not None and phase == "prefill":
+        raise UsageError("--cache-length is the decode phase's; --phase prefill has an empty cache")
+    if args.prompt_length is not None and phase not in ("prefill", "both"):
+        raise UsageError("--prompt-length is the prefill phase's; give --phase prefill or both")
+    options: dict[str, Any] = dict(phase=phase, prompt_length=args.prompt_length, cache_length=args.cache_length)
+    if args.decode_weight is not None:
+        if not 0 <= args.decode_weight <= 1:
+            raise UsageError(f"--decode-weight {args.decode_weight:g}: must lie in [0, 1]")
+        options["decode_weight"] = args.decode_weight
+    return options
 
 
 def _mb(n: float) -> str:
@@ -49,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     devices = common.parse_devices(args.devices, memory=args.device_memory)
     options: dict[str, Any] = dict(devices=devices, input_shapes=common.input_shapes(args.input_shape),
                                    plan=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
-                                   costs=args.costs, profile_path=args.profile, objective=args.objective)
+                                   costs=args.costs, profile_path=args.profile, objective=args.objective,
+                                   **_phase_options(args))
     if args.inputs is not None:
         options["inputs"] = args.inputs
     outdir = Path(args.output)
