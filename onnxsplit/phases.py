@@ -220,7 +220,7 @@ def _read_graph(model_path: str | os.PathLike) -> onnx.GraphProto:
 def plan_phases(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, given: Shapes,
                 phase: str = "auto", prompt_length: int | None = None, cache_length: int | None = None,
                 decode_weight: float = DEFAULT_DECODE_WEIGHT, state: Sequence[StatePair] = (),
-                where: str = "the model") -> PhasePlan:
+                where: str = "the model", fixed: bool = False) -> PhasePlan:
     """The phases a split of a model with these inputs and outputs costs, at which shapes.
 
     ``phase``: ``auto`` (decode for a decoder, else prefill), ``prefill``,
@@ -230,11 +230,18 @@ def plan_phases(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, 
     has state pairs and a decoding signature. UsageError, naming ``where``,
     for a decode phase or a cache length on a model that is not one, a
     prompt length on one that is not, and a weight outside [0, 1].
+    ``fixed``: representative inputs fix every shape (``given``): the
+    shapes are theirs, and choosing a phase or a length is a UsageError.
     """
     if phase not in PHASES:
         raise UsageError(f"phase {phase!r}: choose {', '.join(PHASES)}")
     if not 0.0 <= decode_weight <= 1.0:
         raise UsageError(f"decode weight {decode_weight}: must lie in [0, 1]")
+    if fixed:
+        if phase != "auto" or prompt_length is not None or cache_length is not None:
+            raise UsageError(f"{where}: representative inputs fix every input shape, so no phase or length "
+                             "can be chosen with them")
+        return PhasePlan("prefill", dict(given), None, decode_weight)
     sig = _signature(inputs, outputs, state=state, where=where, required=phase in ("decode", "both"))
     if sig is None:
         for what, value in (("a cache length", cache_length), ("a prompt length", prompt_length)):
@@ -274,11 +281,13 @@ def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, s
 
 def plan_model_phases(model_path: str | os.PathLike, *, given: Shapes, phase: str = "auto",
                       prompt_length: int | None = None, cache_length: int | None = None,
-                      decode_weight: float = DEFAULT_DECODE_WEIGHT, state: Sequence[StatePair] = ()) -> PhasePlan:
+                      decode_weight: float = DEFAULT_DECODE_WEIGHT, state: Sequence[StatePair] = (),
+                      fixed: bool = False) -> PhasePlan:
     """:func:`plan_phases` for the model file at ``model_path`` (its weights are not read)."""
     inputs, outputs = io_specs(_read_graph(model_path))
     return plan_phases(inputs, outputs, given=given, phase=phase, prompt_length=prompt_length,
-                       cache_length=cache_length, decode_weight=decode_weight, state=state, where=str(model_path))
+                       cache_length=cache_length, decode_weight=decode_weight, state=state, where=str(model_path),
+                       fixed=fixed)
 
 
 # -- weighing two cost graphs -----------------------------------------------------------------------------------------
@@ -325,17 +334,25 @@ def combine_costgraphs(prefill: CostGraph, decode: CostGraph, *, decode_weight: 
     return replace(decode, compute=compute, tensors=tensors, memory=memory)
 
 
-def weigh_phases(decode: Prepared, phases: PhasePlan, prepare_at: Callable[[dict[str, tuple[int, ...]]], Prepared],
-                 ) -> Prepared:
-    """``decode`` (the model prepared at ``phases.shapes``) costed for both phases.
+def prepare_phases(phases: PhasePlan, prepare_at: Callable[[dict[str, tuple[int, ...]]], Prepared]) -> Prepared:
+    """The model prepared for the phases of ``phases``.
 
-    Before: ``phases.phase`` is ``both``. ``prepare_at(shapes)`` prepares the
-    same model at other input shapes; it is called once, at the prefill's.
-    After: the cost graph is :func:`combine_costgraphs` of the two; the
-    model, its types and its shapes stay the decode phase's, so the split is
-    cut and written at those.
+    ``prepare_at(shapes)`` loads and costs the model at the given input
+    shapes; it is called at ``phases.shapes`` and, for ``both``, at the
+    prefill's too. After: for ``both`` the cost graph is
+    :func:`combine_costgraphs` of the two, while the model, its types and its
+    shapes stay the decode phase's, so the split is cut and written at those.
+    A profile file (the user's, or a device kind's) holds one phase only:
+    for ``both``, ProfileError at the prefill's shapes.
     """
+    prepared = prepare_at(dict(phases.shapes))
     if phases.prefill_shapes is None:
-        raise ValueError(f"phase {phases.phase!r} costs one phase only")
-    prefill = prepare_at(dict(phases.prefill_shapes))
-    return replace(decode, graph=combine_costgraphs(prefill.graph, decode.graph, decode_weight=phases.decode_weight))
+        return prepared
+    from onnxsplit.profile.store import ProfileError
+
+    try:
+        prefill = prepare_at(dict(phases.prefill_shapes))
+    except ProfileError as exc:
+        raise ProfileError(f"both phases are costed, each at its own input shapes, and {exc}") from None
+    graph = combine_costgraphs(prefill.graph, prepared.graph, decode_weight=phases.decode_weight)
+    return replace(prepared, graph=graph)

@@ -23,7 +23,7 @@ from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
 from onnxsplit.ortutil import check_runnable
 from onnxsplit.outdir import check_outdir
-from onnxsplit.phases import DEFAULT_DECODE_WEIGHT, plan_model_phases, weigh_phases
+from onnxsplit.phases import DEFAULT_DECODE_WEIGHT, plan_model_phases, prepare_phases
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.probe import Feeds, feed_shapes, probe_sizes, read_inputs
@@ -327,12 +327,9 @@ def split(
     if isinstance(devices, int):
         devices = identical_devices(devices)
     phases = plan_model_phases(model_path, given=input_shapes or {}, phase=phase, prompt_length=prompt_length,
-                               cache_length=cache_length, decode_weight=decode_weight)
-    prepared = prepare(model_path, devices, input_shapes=dict(phases.shapes), costs=costs, profile_path=profile_path,
-                       inputs=inputs)
-    if phases.prefill_shapes is not None:
-        prepared = weigh_phases(prepared, phases, lambda shapes: prepare(
-            model_path, devices, input_shapes=shapes, costs=costs, profile_path=profile_path, inputs=inputs))
+                               cache_length=cache_length, decode_weight=decode_weight, fixed=inputs is not None)
+    prepared = prepare_phases(phases, lambda shapes: prepare(model_path, devices, input_shapes=shapes, costs=costs,
+                                                             profile_path=profile_path, inputs=inputs))
     asked = devices.count
     if not isinstance(plan, Plan):  # a Plan names its devices by their index among all of them: keep them all
         devices = cap_devices(devices, prepared.graph.n)
