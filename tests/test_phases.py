@@ -277,3 +277,13 @@ def test_costgraph_weighs_both_phases_as_split_does(tmp_path, capsys, phase_spli
     assert graph.compute["cpu"] == pytest.approx(phase_splits["w25"].graph.compute["cpu"])
     code, err = run_cli(["costgraph", PLAIN, "--costs", "estimate", "--cache-length", "3"], capsys)
     one_error_line(code, err, "cache length", "no state pairs")
+
+
+def test_a_real_exporters_decoder_splits_and_validates_for_both_phases(tmp_path):
+    """GPT-2 as Optimum exports it: symbolic dims named by the exporter, positions up to 64."""
+    result, report = split_and_check(MODELS / "gpt2_tiny.onnx", tmp_path / "out", 2, costs="estimate",
+                                     phase="both", prompt_length=8, cache_length=20)
+    shapes = result.manifest.input_shapes
+    assert shapes["input_ids"] == (1, 1) and shapes["attention_mask"] == (1, 21)
+    assert shapes["past_key_values.0.key"] == (1, 4, 20, 8)
+    assert report.passed
