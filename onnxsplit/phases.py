@@ -74,7 +74,7 @@ def _fmt(shape: Sequence[int]) -> str:
 def _batch(sig: DecoderSignature, given: Shapes) -> int:
     """B: the batch dim the user gave the decoder's inputs (all the same), else the model's, else 1."""
     names = [n for n in (sig.ids, sig.mask, sig.positions) if n is not None] + [s.name for s in sig.state_specs]
-    seen = [(n, given[n][0]) for n in names if n in given and given[n]]
+    seen = [(n, given[n][0]) for n in names if given.get(n)]
     for name, b in seen[1:]:
         if b != seen[0][1]:
             raise UsageError(f"input shapes of {seen[0][0]!r} and {name!r} give two batch sizes, {seen[0][1]} and {b}")
@@ -210,7 +210,7 @@ def _read_graph(model_path: str | os.PathLike) -> onnx.GraphProto:
 
     try:
         return onnx.load(str(model_path), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - whatever the reason, load_model names it in one line
+    except Exception:  # whatever the reason, load_model names it in one line
         from onnxsplit.model import load_model
 
         load_model(model_path)
@@ -242,11 +242,11 @@ def plan_phases(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, 
             raise UsageError(f"{where}: representative inputs fix every input shape, so no phase or length "
                              "can be chosen with them")
         return PhasePlan("prefill", dict(given), None, decode_weight)
-    sig = _signature(inputs, outputs, state=state, where=where, required=phase in ("decode", "both"))
+    need = ("the decode phase needs" if phase in ("decode", "both") else
+            "a cache length applies to" if cache_length is not None else
+            "a prompt length applies to" if prompt_length is not None else None)
+    sig = _signature(inputs, outputs, state=state, where=where, need=need)
     if sig is None:
-        for what, value in (("a cache length", cache_length), ("a prompt length", prompt_length)):
-            if value is not None:
-                raise UsageError(f"{where}: {what} applies to a decoder with a KV cache, and {_NOT_DECODER}")
         return PhasePlan("prefill", dict(given), None, decode_weight)
     chosen = "decode" if phase == "auto" else phase
     prompt = prompt_length_of(sig, given, prompt_length)
@@ -262,20 +262,24 @@ _NOT_DECODER = "it has no state pairs (past_key_values.N.key -> present.N.key, o
 
 
 def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, state: Sequence[StatePair],
-               where: str, required: bool) -> DecoderSignature | None:
-    """The decoding signature; None (or, when ``required``, a UsageError) for a model that is not a decoder."""
+               where: str, need: str | None) -> DecoderSignature | None:
+    """The decoding signature, or None for a model that is not a decoder.
+
+    ``need``: why a decoder is required ("the decode phase needs"), which
+    turns None into a UsageError saying so.
+    """
     from onnxsplit.decoding import decoder_signature
 
     pairs = find_state_pairs([i.name for i in inputs], [o.name for o in outputs], declared=state)
     if not pairs:
-        if required:
-            raise UsageError(f"{where}: the decode phase needs a decoder with a KV cache, and {_NOT_DECODER}")
+        if need is not None:
+            raise UsageError(f"{where}: {need} a decoder with a KV cache, and {_NOT_DECODER}")
         return None
     try:
         return decoder_signature(inputs, outputs, pairs)
     except UsageError as exc:
-        if required:
-            raise UsageError(f"{where}: {exc}") from None
+        if need is not None:
+            raise UsageError(f"{where}: {need} a decoder with a KV cache: {exc}") from None
         return None  # state without the decoder's inputs: costed as any model, at the user's shapes
 
 

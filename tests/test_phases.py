@@ -187,8 +187,8 @@ def test_a_decode_phase_split_validates(tmp_path):
 
 
 def test_both_with_a_profile_file_is_one_line(tmp_path):
-    from onnxsplit.profile.cache import cached_profile
     from onnxsplit.model import load_model
+    from onnxsplit.profile.cache import cached_profile
     from onnxsplit.profile.store import ProfileError, save_profile
 
     model = load_model(DECODER)
@@ -287,3 +287,12 @@ def test_a_real_exporters_decoder_splits_and_validates_for_both_phases(tmp_path)
     assert shapes["input_ids"] == (1, 1) and shapes["attention_mask"] == (1, 21)
     assert shapes["past_key_values.0.key"] == (1, 4, 20, 8)
     assert report.passed
+
+
+def test_state_pairs_without_the_decoders_inputs_are_costed_as_given_unless_a_phase_is_asked():
+    inputs, outputs = _specs()
+    extra = (*inputs, type(inputs[0])("use_cache_branch", "bool", (1,)))
+    assert plan_phases(extra, outputs, given={}).phase == "prefill"
+    with pytest.raises(UsageError) as exc:
+        plan_phases(extra, outputs, given={}, cache_length=4)
+    assert "a cache length applies to a decoder" in one_line(exc) and "use_cache_branch" in one_line(exc)
