@@ -24,6 +24,9 @@ CONTIGUOUS_SOLVERS: tuple[str, ...] = ("auto", "dp", "ip", "linear", "greedy")
 # The values of onnxsplit.solve.plan.Objective.
 OBJECTIVES: tuple[str, ...] = ("throughput", "latency")
 
+# Which phase of a decoder a split is costed for (auto: decode for a decoder with a KV cache, else prefill).
+PHASES: tuple[str, ...] = ("auto", "prefill", "decode", "both")
+
 # python-mip backends for the integer programs.
 MIP_SOLVERS: tuple[str, ...] = ("cbc", "highs")
 
@@ -37,4 +40,4 @@ ENGINES: tuple[str, ...] = ("inproc", "ray")
 PLACEMENTS: tuple[str, ...] = ("pack", "spread", "strict-spread")
 
 __all__ = ["COSTGRAPH_FORMATS", "COSTS", "CONTIGUOUS_SOLVERS", "Costs", "ENGINES", "MIP_SOLVERS", "OBJECTIVES",
-           "PLACEMENTS", "SOLVERS"]
+           "PHASES", "PLACEMENTS", "SOLVERS"]

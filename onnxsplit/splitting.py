@@ -23,6 +23,7 @@ from onnxsplit.manifest import Manifest
 from onnxsplit.model import load_model
 from onnxsplit.ortutil import check_runnable
 from onnxsplit.outdir import check_outdir
+from onnxsplit.phases import DEFAULT_DECODE_WEIGHT, plan_model_phases, prepare_phases
 from onnxsplit.planfile import read_assignment
 from onnxsplit.prepared import Loaded, Prepared
 from onnxsplit.probe import Feeds, feed_shapes, probe_sizes, read_inputs
@@ -305,6 +306,10 @@ def split(
     state: Sequence[StatePair] = (),
     max_seq_len: int | None = None,
     max_batch: int | None = None,
+    phase: str = "auto",
+    prompt_length: int | None = None,
+    cache_length: int | None = None,
+    decode_weight: float = DEFAULT_DECODE_WEIGHT,
 ) -> SplitResult:
     """Split a model into stage models, a manifest and a plan, written atomically to ``outdir``.
 
@@ -322,6 +327,9 @@ def split(
     between its ends go on one stage, and the manifest records them.
     ``max_seq_len`` (and ``max_batch``, default: the input shapes' batch):
     count each cache at that size in its stage's memory.
+    ``phase``, ``prompt_length``, ``cache_length``, ``decode_weight``: the
+    phase of a decoder the costs are for (:mod:`onnxsplit.phases`); the
+    manifest's input shapes are the optimised phase's.
     """
     start = time.perf_counter()
     outdir = Path(outdir)
@@ -330,8 +338,11 @@ def split(
         devices = identical_devices(devices)
     if max_batch is not None and max_seq_len is None:
         raise UsageError("a maximum batch for the caches needs a maximum sequence length too")
-    prepared = prepare(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path,
-                       inputs=inputs)
+    phases = plan_model_phases(model_path, given=input_shapes or {}, phase=phase, prompt_length=prompt_length,
+                               cache_length=cache_length, decode_weight=decode_weight, state=state,
+                               fixed=inputs is not None)
+    prepared = prepare_phases(phases, lambda shapes: prepare(model_path, devices, input_shapes=shapes, costs=costs,
+                                                             profile_path=profile_path, inputs=inputs))
     pairs = model_state_pairs(prepared.model, prepared.info, declared=state)
     pinned, caches = pin_state(prepared.graph, prepared.model, prepared.info, prepared.shapes, devices, pairs,
                                limits=None if max_seq_len is None else CacheLimits(max_seq_len, max_batch))

@@ -6,6 +6,7 @@ import argparse
 
 from onnxsplit.cli import common
 from onnxsplit.cli.common import flag_errors
+from onnxsplit.cli.split_cmd import add_phase_flags, phase_options
 from onnxsplit.errors import UsageError
 
 TOP_NODES = 10
@@ -23,6 +24,7 @@ def add_parser(sub) -> None:
                       help="measured runs; each node's time is its median (default 20)")
     common.add_number(p, "--warmup", kind=int, zero=True, default=5, help="runs before measuring (default 5)")
     common.add_inputs(p)
+    add_phase_flags(p, weight=False)
     common.add_output(p, what="profile.json to write")
     common.add_json(p)
     p.set_defaults(run=run)
@@ -58,6 +60,18 @@ def _shapes_and_feeds(model, args: argparse.Namespace):
     return shapes, feeds
 
 
+def _phase_shapes(model, shapes: dict[str, tuple[int, ...]], args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    """The input shapes of the phase asked for (a decoder's default: decode), as `split --phase` costs it."""
+    from onnxsplit.phases import io_specs, plan_phases
+
+    if args.phase == "both":
+        raise UsageError("a profile holds the times of one phase: profile --phase prefill and --phase decode apart")
+    options = phase_options(args)
+    plan = plan_phases(*io_specs(model.graph), given=shapes, where=str(args.model), fixed=args.inputs is not None,
+                       **options)
+    return dict(plan.shapes)
+
+
 def run(args: argparse.Namespace) -> int:
     out = common.check_output_file(args.output, force=args.force, creates_folder=True)
     from rich.console import Console
@@ -77,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         check_provider_options(provider, options)
     model = load_model(args.model)
     shapes, feeds = _shapes_and_feeds(model, args)
+    shapes = _phase_shapes(model, shapes, args)
     columns = (TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("profiling", total=None)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxsplit.choices import CONTIGUOUS_SOLVERS
+from onnxsplit.choices import CONTIGUOUS_SOLVERS, PHASES
 from onnxsplit.cli import common
 from onnxsplit.errors import OutputExists, UsageError
 
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     _add_state(p)
     common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
                       help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
+    add_phase_flags(p)
     common.add_output(p, what="folder to write stage_K.onnx, manifest.json, plan.json")
     p.add_argument("--report", default=None, metavar="REPORT.html",
                    help="also write the plan report (HTML, see `onnxsplit report`) to this file after the split")
@@ -55,6 +56,41 @@ def _state_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def add_phase_flags(p: argparse.ArgumentParser, *, weight: bool = True) -> None:
+    """The decoder phase flags (``weight``: --decode-weight too); defaults None tell a flag the user gave."""
+    p.add_argument("--phase", choices=[c for c in PHASES if c != "auto"], default=None,
+                   help="the phase of a decoder with a KV cache to cost: prefill (a prompt, empty cache), decode "
+                        "(one token, a cache) or both weighted (default: decode for a decoder, else prefill)")
+    common.add_number(p, "--cache-length", kind=int, zero=True, default=None, metavar="L",
+                      help="decode: the past length of the cache (default: from --input-shape, else 128)")
+    common.add_number(p, "--prompt-length", kind=int, default=None, metavar="P",
+                      help="prefill: the prompt's length in tokens (default: from --input-shape, else 32)")
+    if weight:
+        common.add_number(p, "--decode-weight", zero=True, default=None, metavar="W",
+                          help="both: costs = W x decode + (1 - W) x prefill, W in [0, 1] (default 0.9)")
+
+
+def phase_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The library's phase options from the flags; UsageError for a flag the chosen phase does not use."""
+    phase = args.phase or "auto"
+    weight = getattr(args, "decode_weight", None)
+    if weight is not None and phase != "both":
+        raise UsageError("--decode-weight weighs the phases of --phase both")
+    if args.cache_length is not None and phase == "prefill":
+        raise UsageError("--cache-length is the decode phase's; --phase prefill has an empty cache")
+    if args.prompt_length is not None and phase not in ("prefill", "both"):
+        raise UsageError("--prompt-length is the prefill phase's; give --phase prefill or both")
+    if args.inputs is not None and (args.phase or args.cache_length is not None or args.prompt_length is not None):
+        raise UsageError("--inputs fix every input shape: --phase, --cache-length and --prompt-length cannot "
+                         "be combined with them")
+    options: dict[str, Any] = dict(phase=phase, prompt_length=args.prompt_length, cache_length=args.cache_length)
+    if weight is not None:
+        if not 0 <= weight <= 1:
+            raise UsageError(f"--decode-weight {weight:g}: must lie in [0, 1]")
+        options["decode_weight"] = weight
+    return options
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -74,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     devices = common.parse_devices(args.devices, memory=args.device_memory)
     options: dict[str, Any] = dict(devices=devices, input_shapes=common.input_shapes(args.input_shape),
                                    plan=args.plan, solver=args.solver, time_limit=args.time_limit, force=args.force,
-                                   costs=args.costs, profile_path=args.profile, objective=args.objective)
+                                   costs=args.costs, profile_path=args.profile, objective=args.objective,
+                                   **phase_options(args))
     if args.inputs is not None:
         options["inputs"] = args.inputs
     options.update(_state_options(args))
