@@ -85,7 +85,8 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
     same_nan = np.isnan(g) & np.isnan(w)
     same_inf = np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))
     exact = same_nan | same_inf | (g == w)
-    diff = np.where(exact, 0.0, np.abs(g - w))
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity: masked by ``exact``
+        diff = np.where(exact, 0.0, np.abs(g - w))
     diff = np.where(np.isnan(diff), np.inf, diff)
     mag = np.abs(np.where(np.isfinite(w), w, 0.0))
     max_abs = float(diff.max()) if diff.size else 0.0

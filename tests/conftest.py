@@ -100,3 +100,37 @@ def one_error_line(code, err, *needles) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+def chain_in_three(root, *, costs="measure"):
+    """``graphs.chain(6)`` saved in ``root``, a plan cutting its nodes in 3 stages by node order, and its split
+    (input x:4x8); returns (model path, plan path, split folder)."""
+    import graphs
+    from onnxsplit.splitting import split
+
+    root = Path(root)
+    model = graphs.chain(6)
+    src = graphs.save(model, root / "chain.onnx")
+    n = len(model.graph.node)
+    plan = root / "plan.json"
+    plan.write_text(json.dumps([3 * v // n for v in range(n)]))
+    out = root / "split"
+    split(src, out, devices=3, input_shapes={"x": (4, 8)}, plan=plan, costs=costs)
+    return src, plan, out
+
+
+@pytest.fixture(scope="session")
+def deep_transformer_split(tmp_path_factory):
+    """A generated transformer of more than 10,000 nodes split on 4 devices (estimated costs, input_ids:2x16);
+    returns (its node count, the split folder). Made once for the slow tests that need a big model."""
+    import make_models
+    from onnxsplit.splitting import split
+
+    root = tmp_path_factory.mktemp("deep")
+    model = make_models.make_deep_transformer(56)
+    assert len(model.graph.node) >= 10_000
+    src = root / "deep_transformer.onnx"
+    make_models.save(model, src)
+    out = root / "split"
+    split(src, out, devices=4, input_shapes={"input_ids": (2, 16)}, costs="estimate")
+    return len(model.graph.node), out

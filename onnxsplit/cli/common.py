@@ -359,3 +359,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, note: str) -> None:
         super().__init__(note)
         self.note = note
+
+
+def add_max_seq_len(p: argparse.ArgumentParser | Any) -> None:
+    """``--max-seq-len N``: the most positions a decoder's cache holds (split sizes the caches at it, generate
+    fails a sequence that would pass it)."""
+    add_number(p, "--max-seq-len", kind=int, default=None, metavar="N",
+               help="the most positions a cache holds: split counts each stage's caches at this length in its "
+                    "memory, generation past it fails (default: not counted, no limit)")

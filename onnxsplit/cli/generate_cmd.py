@@ -14,8 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-ids", required=True, metavar="I,I,...", help="the prompt's token ids, e.g. 1,2,3")
     common.add_number(p, "--max-new-tokens", kind=int, zero=True, default=32, metavar="N",
                       help="tokens to generate (default 32)")
-    common.add_number(p, "--max-seq-len", kind=int, default=None, metavar="N",
-                      help="the most positions a cache may hold; generation past it fails (default: no limit)")
+    common.add_max_seq_len(p)
     common.add_runtime(p)
     common.add_json(p)
     p.set_defaults(run=run)

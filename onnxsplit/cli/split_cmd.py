@@ -37,8 +37,7 @@ def _add_state(p: argparse.ArgumentParser) -> None:
     g.add_argument("--state", action="append", default=[], metavar="IN:OUT",
                    help="an input fed each step with an output of the step before, kept on one stage with its "
                         "layer (repeatable; past_key_values.N.key:present.N.key and the like are found by name)")
-    common.add_number(g, "--max-seq-len", kind=int, default=None, metavar="N",
-                      help="count each stage's caches at this sequence length in its memory")
+    common.add_max_seq_len(g)
     common.add_number(g, "--max-batch", kind=int, default=None, metavar="B",
                       help="with --max-seq-len: count the caches at this batch (default: the input shapes' batch)")
 

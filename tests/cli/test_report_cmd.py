@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-import graphs
-from conftest import one_error_line, run_cli
+from conftest import chain_in_three, one_error_line, run_cli
 
 pytest.importorskip("graphviz")
 pytest.importorskip("matplotlib")
@@ -16,17 +14,7 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A small model, a 3-stage plan of it, and its split (estimated costs)."""
-    from onnxsplit.splitting import split
-
-    root = tmp_path_factory.mktemp("chain")
-    model = graphs.chain(6)
-    src = graphs.save(model, root / "chain.onnx")
-    n = len(model.graph.node)
-    plan = root / "plan.json"
-    plan.write_text(json.dumps([3 * v // n for v in range(n)]))
-    out = root / "split"
-    split(src, out, devices=3, input_shapes={"x": (4, 8)}, plan=plan, costs="estimate")
-    return src, plan, out
+    return chain_in_three(tmp_path_factory.mktemp("chain"), costs="estimate")
 
 
 def test_report_writes_the_page(chain, tmp_path, capsys):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import graphs
-from conftest import MODELS, copy_split, one_line
+from conftest import MODELS, chain_in_three, copy_split, one_line
 from onnxsplit.errors import ModelError, OnnxSplitError, UsageError
 from onnxsplit.export import report_dag
 from onnxsplit.export.report import write_report
@@ -66,14 +65,7 @@ def transformer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def chain_split(tmp_path_factory):
     """A small chain of 18 operators cut into 3 stages by a given plan, node times measured (cached)."""
-    root = tmp_path_factory.mktemp("chain")
-    chain = graphs.chain(6)
-    model = graphs.save(chain, root / "chain.onnx")
-    n = len(chain.graph.node)
-    plan = root / "plan.json"
-    plan.write_text(json.dumps([3 * v // n for v in range(n)]))
-    out = root / "split"
-    split(model, out, devices=3, input_shapes={"x": (4, 8)}, plan=plan)
+    _, _, out = chain_in_three(tmp_path_factory.mktemp("chain"))
     assert len(load_manifest(out).stages) == 3
     return out
 
@@ -278,19 +270,12 @@ def test_without_dot_the_report_says_it_needs_graphviz(chain_split, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_a_10000_node_model_gives_a_condensed_page_of_reasonable_weight(tmp_path):
-    import make_models
-
-    model = make_models.make_deep_transformer(56)
-    assert len(model.graph.node) >= 10_000
-    src = tmp_path / "deep.onnx"
-    make_models.save(model, src)
-    out = tmp_path / "split"
-    split(src, out, devices=4, input_shapes={"input_ids": (2, 16)}, costs="estimate")
+def test_a_10000_node_model_gives_a_condensed_page_of_reasonable_weight(deep_transformer_split, tmp_path):
+    nodes, out = deep_transformer_split
     text = html.unescape(write_report(out, tmp_path / "r.html", costs="estimate").read_text())
     assert 'data-view="condensed"' in text
     groups = re.findall(r'<g id="group\d+" class="node group stage-\d+"', text)
     assert 0 < len(groups) <= report_dag.GROUP_LIMIT
-    assert f"All {len(model.graph.node)} nodes" in text
+    assert f"All {nodes} nodes" in text
     # Every operator has a row, yet the page stays a few megabytes at most (1.5 MB when this was written).
     assert len(text.encode()) < 4_000_000

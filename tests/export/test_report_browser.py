@@ -271,16 +271,9 @@ def test_shown_values_are_read_with_their_units(text, key, value, ok):
 
 @needs_browser
 @pytest.mark.slow
-def test_a_10000_node_report_renders_cleanly(tmp_path):
+def test_a_10000_node_report_renders_cleanly(deep_transformer_split, tmp_path):
     """The condensed view of a deep transformer: a page of megabytes still renders, clean, with every figure."""
-    import make_models
-
-    deep = make_models.make_deep_transformer(56)
-    assert len(deep.graph.node) >= 10_000
-    model = tmp_path / "deep_transformer.onnx"
-    make_models.save(deep, model)
-    out = tmp_path / "split"
-    _cli("split", model, "--devices", 4, "--input-shape", "input_ids:2x16", "--costs", "estimate", "-o", out)
+    _, out = deep_transformer_split
     html = tmp_path / "report.html"
     _cli("report", out, "-o", html, "--costs", "estimate")
     visit = open_page(html)
