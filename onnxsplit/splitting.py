@@ -137,6 +137,39 @@ def prepare(model_path: str | os.PathLike, devices: Devices, *, input_shapes: di
     return Prepared(loaded.model, loaded.info, loaded.types, loaded.shapes, graph, feeds=loaded.feeds)
 
 
+@dataclass(frozen=True)
+class Costed:
+    """A model costed for the solver: its prepared cost graph (state pairs pinned), the pairs, their cache bytes."""
+
+    prepared: Prepared
+    pairs: tuple[StatePair, ...]
+    cache_bytes: Mapping[str, int]  # by state input name; empty without a maximum sequence length
+
+
+def cost_model(model_path: str | os.PathLike, devices: Devices, *, input_shapes: dict[str, tuple[int, ...]],
+               costs: str = "measure", profile_path: str | os.PathLike | None = None,
+               inputs: str | os.PathLike | Feeds | None = None, phase: str = "auto", prompt_length: int | None = None,
+               cache_length: int | None = None, decode_weight: float = DEFAULT_DECODE_WEIGHT,
+               state: Sequence[StatePair] = (), max_seq_len: int | None = None,
+               max_batch: int | None = None) -> Costed:
+    """Everything :func:`split` does before solving: the phase's shapes, the costs, the state pairs pinned.
+
+    ``costgraph`` writes the same graph, so a plan solved on that file
+    keeps every state pair on one stage. Options as for :func:`split`.
+    """
+    if max_batch is not None and max_seq_len is None:
+        raise UsageError("a maximum batch for the caches needs a maximum sequence length too")
+    phases = plan_model_phases(model_path, given=input_shapes, phase=phase, prompt_length=prompt_length,
+                               cache_length=cache_length, decode_weight=decode_weight, state=state,
+                               fixed=inputs is not None)
+    prepared = prepare_phases(phases, lambda shapes: prepare(model_path, devices, input_shapes=shapes, costs=costs,
+                                                             profile_path=profile_path, inputs=inputs))
+    pairs = model_state_pairs(prepared.model, prepared.info, declared=state)
+    pinned, caches = pin_state(prepared.graph, prepared.model, prepared.info, prepared.shapes, devices, pairs,
+                               limits=None if max_seq_len is None else CacheLimits(max_seq_len, max_batch))
+    return Costed(replace(prepared, graph=pinned), tuple(pairs), caches)
+
+
 # -- solve or take a plan, cut ----------------------------------------------------------------------------------------
 
 
@@ -336,17 +369,10 @@ def split(
     check_outdir(outdir, force=force)  # refuse before the slow part, and clear stale scratch folders
     if isinstance(devices, int):
         devices = identical_devices(devices)
-    if max_batch is not None and max_seq_len is None:
-        raise UsageError("a maximum batch for the caches needs a maximum sequence length too")
-    phases = plan_model_phases(model_path, given=input_shapes or {}, phase=phase, prompt_length=prompt_length,
-                               cache_length=cache_length, decode_weight=decode_weight, state=state,
-                               fixed=inputs is not None)
-    prepared = prepare_phases(phases, lambda shapes: prepare(model_path, devices, input_shapes=shapes, costs=costs,
-                                                             profile_path=profile_path, inputs=inputs))
-    pairs = model_state_pairs(prepared.model, prepared.info, declared=state)
-    pinned, caches = pin_state(prepared.graph, prepared.model, prepared.info, prepared.shapes, devices, pairs,
-                               limits=None if max_seq_len is None else CacheLimits(max_seq_len, max_batch))
-    prepared = replace(prepared, graph=pinned)
+    costed = cost_model(model_path, devices, input_shapes=input_shapes or {}, costs=costs, profile_path=profile_path,
+                        inputs=inputs, phase=phase, prompt_length=prompt_length, cache_length=cache_length,
+                        decode_weight=decode_weight, state=state, max_seq_len=max_seq_len, max_batch=max_batch)
+    prepared, pairs, caches = costed.prepared, costed.pairs, costed.cache_bytes
     asked = devices.count
     if not isinstance(plan, Plan):  # a Plan names its devices by their index among all of them: keep them all
         devices = cap_devices(devices, prepared.graph.n)

@@ -250,3 +250,25 @@ def test_the_solvers_see_the_caches(models, tmp_path, solver):
     assert len(split(models["optimum"], tmp_path / "plain", **common).manifest.stages) == 2
     with pytest.raises(InfeasibleError, match=r"^the model needs \d+ bytes of memory, the devices have 400000 in all$"):
         split(models["optimum"], tmp_path / "cached", max_seq_len=256, max_batch=4, **common)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "linear"])
+def test_a_plan_solved_on_costgraphs_file_keeps_every_pair(tmp_path, capsys, solver):
+    """costgraph writes the groups split solves with, so costgraph -> solve -> split --plan keeps each cache."""
+    from conftest import run_cli
+    from onnxsplit.costgraph_io import load_costgraph
+
+    model = MODELS / "decoder.onnx"
+    graph_file = tmp_path / "graph.json"
+    code, err = run_cli(["costgraph", model, "--devices", "4", "--costs", "estimate", "-o", graph_file], capsys)
+    assert code == 0, err
+    graph, _ = load_costgraph(graph_file)
+    assert len(graph.groups) == 8
+    assert main(["solve", str(graph_file), "--devices", "4", "--solver", solver, "--json"]) == 0
+    plan = tmp_path / "plan.json"
+    plan.write_text(capsys.readouterr().out)
+    code, err = run_cli(["split", model, "--devices", "4", "--costs", "estimate", "--plan", plan,
+                         "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    manifest = load_manifest(tmp_path / "out")
+    assert len(manifest.state) == 8

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from onnxsplit.cli import common
-from onnxsplit.cli.split_cmd import add_phase_flags, phase_options
+from onnxsplit.cli.split_cmd import add_phase_flags, add_state_flags, phase_options, state_options
 
 
 def add_parser(sub) -> None:
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     common.add_inputs(p)
     common.add_costs(p)
     add_phase_flags(p)
+    add_state_flags(p)
     p.add_argument("--format", default=common.COSTGRAPH_FORMATS[0], choices=common.COSTGRAPH_FORMATS,
                    help="file format (default onnxsplit)")
     common.add_output(p, what="file to write (default: print the cost graph on stdout)", required=False)
@@ -27,17 +28,16 @@ def run(args: argparse.Namespace) -> int:
     out = None if args.output is None else common.check_output_file(args.output, force=args.force)
     from onnxsplit.costgraph_io import dump_costgraph
     from onnxsplit.fileio import write_json_atomic
-    from onnxsplit.phases import plan_model_phases, prepare_phases
-    from onnxsplit.splitting import prepare
+    from onnxsplit.splitting import cost_model
 
     devices = common.parse_devices(args.devices, memory=args.device_memory)
-    phases = plan_model_phases(args.model, given=common.input_shapes(args.input_shape), fixed=args.inputs is not None,
-                               **phase_options(args))
-    options: dict[str, Any] = dict(costs=args.costs, profile_path=args.profile)
+    options: dict[str, Any] = dict(costs=args.costs, profile_path=args.profile, **phase_options(args),
+                                   **state_options(args))
     if args.inputs is not None:
         options["inputs"] = args.inputs
     with common.status("profiling and building the cost graph..."):
-        prepared = prepare_phases(phases, lambda shapes: prepare(args.model, devices, input_shapes=shapes, **options))
+        prepared = cost_model(args.model, devices, input_shapes=common.input_shapes(args.input_shape),
+                              **options).prepared
     doc = dump_costgraph(prepared.graph, devices, fmt=args.format)
     if out is None:  # the graph itself is the result: one JSON document, --json or not
         common.print_json(doc)

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     common.add_solver(p, solvers=CONTIGUOUS_SOLVERS)
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="use this plan (node name -> stage, or a plan.json) instead of solving")
-    _add_state(p)
+    add_state_flags(p)
     common.add_number(p, "--refine", kind=int, zero=True, default=0, metavar="N",
                       help="run the pipeline, rescale costs by measured stage times, re-solve; up to N rounds")
     add_phase_flags(p)
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _add_state(p: argparse.ArgumentParser) -> None:
+def add_state_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("state (decoders with a KV cache)")
     g.add_argument("--state", action="append", default=[], metavar="IN:OUT",
                    help="an input fed each step with an output of the step before, kept on one stage with its "
@@ -42,7 +42,7 @@ def _add_state(p: argparse.ArgumentParser) -> None:
                       help="with --max-seq-len: count the caches at this batch (default: the input shapes' batch)")
 
 
-def _state_options(args: argparse.Namespace) -> dict[str, Any]:
+def state_options(args: argparse.Namespace) -> dict[str, Any]:
     from onnxsplit.state import parse_state
 
     if args.max_batch is not None and args.max_seq_len is None:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                                    **phase_options(args))
     if args.inputs is not None:
         options["inputs"] = args.inputs
-    options.update(_state_options(args))
+    options.update(state_options(args))
     outdir = Path(args.output)
     if args.report is not None:
         common.check_output_file(args.report, force=args.force, flag="--report")
