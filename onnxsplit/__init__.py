@@ -9,7 +9,9 @@ Public API::
         outputs = pipe.run(feeds)
 
 The value types of the pass pipeline (Model, CostGraph, Devices, Plan,
-Manifest) are exported too. Everything loads on first use, so importing the
+Manifest) are exported too, and so are the decoder pieces (StatePair,
+StateSpec, Sequence, Generation, OriginalDecoder) and the two ways out of a
+split (write_report, export_triton). Everything loads on first use, so importing the
 package (as the command line does) does not import onnx or onnxruntime, nor
 even ``typing``: the command line must be ready to catch Ctrl-C within a
 few milliseconds of starting.
@@ -40,6 +42,13 @@ _EXPORTS = {
     "DeviceKind": "onnxsplit.devices",
     "Plan": "onnxsplit.solve.plan",
     "OnnxSplitError": "onnxsplit.errors",
+    "StatePair": "onnxsplit.state",
+    "StateSpec": "onnxsplit.manifest",
+    "Sequence": "onnxsplit.runtime.generation",
+    "Generation": "onnxsplit.decoding",
+    "OriginalDecoder": "onnxsplit.decoding",
+    "write_report": "onnxsplit.export.report",
+    "export_triton": "onnxsplit.export.triton",
 }
 
 __all__ = sorted(_EXPORTS)
