@@ -32,10 +32,9 @@ def folder(tmp_path_factory):
     return work / "out"
 
 
-@pytest.fixture
-def edited(folder, tmp_path):
-    """A copy of the split folder, and a function that rewrites its manifest.json with an edit applied."""
-    out, doc = copy_split(folder, tmp_path / "out")
+def _editable(folder, dst):
+    """A copy of the split folder at ``dst``, and a function that rewrites its manifest.json with an edit applied."""
+    out, doc = copy_split(folder, dst)
 
     def write(edit) -> dict:
         changed = copy.deepcopy(doc)
@@ -43,6 +42,13 @@ def edited(folder, tmp_path):
         (out / "manifest.json").write_text(json.dumps(changed, indent=2))
         return changed
 
+    return out, write
+
+
+@pytest.fixture
+def edited(folder, tmp_path):
+    """A copy of the split folder, and a function that rewrites its manifest.json with an edit applied."""
+    out, write = _editable(folder, tmp_path / "out")
     write(lambda d: None)
     return out, write
 
@@ -267,15 +273,7 @@ def state_folder(tmp_path_factory):
 
 @pytest.fixture
 def state_edited(state_folder, tmp_path):
-    out, doc = copy_split(state_folder, tmp_path / "out")
-
-    def write(edit) -> dict:
-        changed = copy.deepcopy(doc)
-        edit(changed)
-        (out / "manifest.json").write_text(json.dumps(changed, indent=2))
-        return changed
-
-    return out, write
+    return _editable(state_folder, tmp_path / "out")
 
 
 def test_state_pairs_round_trip_last(state_folder, tmp_path):
