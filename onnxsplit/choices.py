@@ -1,4 +1,4 @@
-"""The names a user chooses among: cost sources, solvers, objectives, file formats.
+"""The names a user chooses among: cost sources, solvers, objectives, file formats, export backends.
 
 Kept free of imports so that the command line can offer them as flag choices
 without loading the modules that implement them (numpy, onnx, python-mip).
@@ -41,3 +41,9 @@ PLACEMENTS: tuple[str, ...] = ("pack", "spread", "strict-spread")
 
 __all__ = ["COSTGRAPH_FORMATS", "COSTS", "CONTIGUOUS_SOLVERS", "Costs", "ENGINES", "MIP_SOLVERS", "OBJECTIVES",
            "PHASES", "PLACEMENTS", "SOLVERS"]
+
+# What runs each stage of an exported Triton model repository: Triton's onnxruntime backend, or its Python backend.
+TRITON_BACKENDS: tuple[str, ...] = ("onnxruntime", "python")
+
+# max_batch_size of an exported Triton repository whose models share a symbolic batch dim.
+TRITON_MAX_BATCH = 8

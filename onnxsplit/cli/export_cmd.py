@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onnxsplit.cli import common
-
-# The same names as onnxsplit.export.triton's, without importing it (and onnx) to build the parser.
-BACKENDS = ("onnxruntime", "python")
-DEFAULT_MAX_BATCH = 8
+from onnxsplit.choices import TRITON_BACKENDS, TRITON_MAX_BATCH
 
 
 def add_parser(sub) -> None:
@@ -20,12 +17,12 @@ def add_parser(sub) -> None:
     t.add_argument("outdir", help="a folder written by `onnxsplit split`")
     t.add_argument("--name", default=None, metavar="NAME",
                    help="the ensemble's model name; stage K is NAME_stage_K (default: the source model's file stem)")
-    t.add_argument("--backend", default=BACKENDS[0], choices=BACKENDS,
+    t.add_argument("--backend", default=TRITON_BACKENDS[0], choices=TRITON_BACKENDS,
                    help="Triton backend that runs each stage: onnxruntime, or python (onnxruntime inside Triton's "
                         "Python backend, for servers without the onnxruntime backend) (default onnxruntime)")
-    common.add_number(t, "--max-batch", kind=int, zero=True, default=DEFAULT_MAX_BATCH, metavar="N",
+    common.add_number(t, "--max-batch", kind=int, zero=True, default=TRITON_MAX_BATCH, metavar="N",
                       help="max_batch_size when all inputs, outputs and hand-offs share a symbolic batch dim; "
-                           f"0 turns batching off (default {DEFAULT_MAX_BATCH})")
+                           f"0 turns batching off (default {TRITON_MAX_BATCH})")
     common.add_output(t, what="the model repository folder to write")
     common.add_json(t)
     t.set_defaults(run=run_triton)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsplit.choices import TRITON_BACKENDS, TRITON_MAX_BATCH
 from onnxsplit.errors import OutputError
 from onnxsplit.export.triton_config import (
     GPU_PROVIDERS, NO_PARAMETERS, Step, TritonExportError, TritonTensor, ensemble_config, provider_parameters, stage_config,
@@ -48,12 +49,12 @@ from onnxsplit.outdir import check_outdir, output_folder
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
-BACKENDS = ("onnxruntime", "python")
+BACKENDS = TRITON_BACKENDS
 MARKER = ".onnxsplit-triton"
 MARKER_FORMAT = "onnxsplit.triton"
 CONFIG = "config.pbtxt"
 VERSION = "1"  # the one model version written
-DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_BATCH = TRITON_MAX_BATCH
 # Triton model names become folder names and URL path segments; these need no quoting anywhere (the rule
 # `onnxsplit serve` applies to its model name too).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
